@@ -1,0 +1,32 @@
+# Two commands for a new user: `make demo` and `make test`. Both bootstrap .venv when missing.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.caltrain-installed
+OUT    ?= out/demo
+
+.PHONY: demo test test-slow lint bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev,baselines]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m caltrain demo --out $(OUT)
+
+test: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m slow
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests benchmarks examples
+	$(VENV)/bin/mypy
+
+bench: $(STAMP)
+	$(PY) benchmarks/ingest_throughput.py
+
+clean:
+	rm -rf out .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,3 @@
+from caltrain.cli.main import main
+
+raise SystemExit(main())
