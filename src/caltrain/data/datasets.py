@@ -1,0 +1,155 @@
+"""Dataset loaders. Nothing downloads: data comes from scikit-learn's bundled digits or a local path."""
+
+from __future__ import annotations
+
+import gzip
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from caltrain.errors import DataError
+
+FASHION_MNIST_ROOT = Path("/usr/share/datasets/fashion-mnist")
+FASHION_MNIST_HINT = (
+    "Fashion-MNIST is not installed. On Debian: "
+    "`apt-get update && apt-get install -y dataset-fashion-mnist` (installs into /usr/share/datasets/fashion-mnist)"
+)
+
+
+class DatasetUnavailable(DataError):
+    """The dataset's files are not on this machine; the message says how to get them."""
+
+
+@dataclass(frozen=True)
+class ArrayDataset:
+    """Images as float32 N×C×H×W in [0, 1] and int64 labels."""
+
+    x: np.ndarray
+    y: np.ndarray
+    name: str
+    num_classes: int
+
+    def __post_init__(self) -> None:
+        if self.x.ndim != 4 or self.x.dtype != np.float32:
+            raise DataError(f"{self.name}: images must be float32 N×C×H×W, got {self.x.dtype} {self.x.shape}")
+        if self.y.shape != (len(self.x),) or self.y.dtype != np.int64:
+            raise DataError(f"{self.name}: labels must be int64 of length {len(self.x)}, got {self.y.shape}")
+        if len(self.y) and (self.y.min() < 0 or self.y.max() >= self.num_classes):
+            raise DataError(f"{self.name}: labels must lie in [0, {self.num_classes})")
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        return tuple(int(d) for d in self.x.shape[1:])
+
+    def subset(self, index: np.ndarray, name: str | None = None) -> ArrayDataset:
+        return ArrayDataset(
+            np.ascontiguousarray(self.x[index]), self.y[index].copy(), name or self.name, self.num_classes
+        )
+
+
+def _split(x: np.ndarray, y: np.ndarray, name: str, test_fraction: float, seed: int) -> tuple[ArrayDataset, ...]:
+    order = np.random.default_rng(seed).permutation(len(y))
+    n_test = round(len(y) * test_fraction)
+    classes = int(y.max()) + 1
+    full = ArrayDataset(x, y, name, classes)
+    return full.subset(order[n_test:]), full.subset(order[:n_test], f"{name}-test")
+
+
+def load_digits_dataset(seed: int = 0) -> tuple[ArrayDataset, ArrayDataset]:
+    """scikit-learn's bundled 8×8 digits (1,797 images), split 80/20 with a fixed seed."""
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    x = (bunch.images.astype(np.float32) / 16.0)[:, None, :, :]
+    train, test = _split(x, bunch.target.astype(np.int64), "digits", 0.2, seed)
+    return train, test
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except OSError as exc:
+        raise DataError(f"cannot read IDX file {path}: {exc}") from None
+    if len(data) < 4 or data[:2] != b"\x00\x00" or data[2] != 0x08:
+        raise DataError(f"{path}: not an unsigned-byte IDX file")
+    ndim = data[3]
+    dims = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
+    body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
+    if body.size != int(np.prod(dims)):
+        raise DataError(f"{path}: IDX header says {dims} but holds {body.size} values")
+    return body.reshape(dims)
+
+
+def load_idx_pair(images: Path, labels: Path, name: str) -> ArrayDataset:
+    x = _read_idx(images).astype(np.float32)[:, None, :, :] / 255.0
+    y = _read_idx(labels).astype(np.int64)
+    if len(x) != len(y):
+        raise DataError(f"{name}: {len(x)} images but {len(y)} labels")
+    return ArrayDataset(x, y, name, 10)
+
+
+def load_mnist_style(root: Path, name: str) -> tuple[ArrayDataset, ArrayDataset]:
+    """MNIST / Fashion-MNIST IDX files (optionally gzipped) under `root`."""
+
+    def find(stem: str) -> Path:
+        for candidate in (root / f"{stem}.gz", root / stem):
+            if candidate.exists():
+                return candidate
+        hint = FASHION_MNIST_HINT if name == "fashion-mnist" else f"expected IDX files under {root}"
+        raise DatasetUnavailable(f"{name}: {root / stem}[.gz] not found. {hint}")
+
+    train = load_idx_pair(find("train-images-idx3-ubyte"), find("train-labels-idx1-ubyte"), name)
+    test = load_idx_pair(find("t10k-images-idx3-ubyte"), find("t10k-labels-idx1-ubyte"), f"{name}-test")
+    return train, test
+
+
+def load_npz(path: Path, seed: int = 0) -> tuple[ArrayDataset, ArrayDataset]:
+    """An `.npz` with `x` (N×H×W, N×C×H×W; uint8 0-255 or float 0-1) and `y`; 20% held out for testing."""
+    try:
+        with np.load(path) as data:
+            x, y = data["x"], data["y"]
+    except (OSError, ValueError, KeyError) as exc:
+        raise DataError(f"{path}: expected an .npz with arrays 'x' and 'y' ({exc})") from None
+    return _split(as_images(x), np.asarray(y).astype(np.int64), Path(path).stem, 0.2, seed)
+
+
+def as_images(x: np.ndarray) -> np.ndarray:
+    """Normalise an array of images to float32 N×C×H×W in [0, 1]."""
+    x = np.asarray(x)
+    if x.ndim == 3:
+        x = x[:, None]
+    if x.ndim != 4:
+        raise DataError(f"images must be N×H×W or N×C×H×W, got shape {x.shape}")
+    if x.dtype == np.uint8:
+        return x.astype(np.float32) / 255.0
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def load_dataset(name: str, *, root: Path | None = None, seed: int = 0) -> tuple[ArrayDataset, ArrayDataset]:
+    """Train and test split of a named dataset: digits, fashion-mnist, mnist, or an .npz path."""
+    if name == "digits":
+        return load_digits_dataset(seed)
+    if name == "fashion-mnist":
+        return load_mnist_style(root or FASHION_MNIST_ROOT, name)
+    if name == "mnist":
+        if root is None:
+            raise DatasetUnavailable("mnist: pass the folder holding its IDX files (nothing downloads)")
+        return load_mnist_style(root, name)
+    if name.endswith(".npz"):
+        return load_npz(Path(name), seed)
+    raise DataError(f"unknown dataset {name!r}: use digits, fashion-mnist, mnist, or a path to an .npz")
+
+
+def split_among(dataset: ArrayDataset, parts: int, *, seed: int) -> list[ArrayDataset]:
+    """Shuffle and deal a dataset into `parts` disjoint, near-equal shares (one per participant)."""
+    if parts < 1 or parts > len(dataset):
+        raise DataError(f"cannot split {len(dataset)} records among {parts} participants")
+    order = np.random.default_rng(seed).permutation(len(dataset))
+    return [dataset.subset(np.sort(idx), f"{dataset.name}-{i}") for i, idx in enumerate(np.array_split(order, parts))]
