@@ -108,7 +108,11 @@ class MerkleTree:
 
 
 def verify_inclusion(leaf: bytes, proof: InclusionProof, root: bytes) -> None:
-    """Raise `ProofError` unless `proof` shows `leaf` at `proof.index` in the tree with `root` (RFC 9162)."""
+    """Raise `ProofError` unless `proof` shows `leaf` at `proof.index` in the tree with `root` (RFC 9162).
+
+    The root does not authenticate `proof.tree_size` on its own: compare it with a signed count (a receipt's
+    record_count) where the size matters.
+    """
     if not 0 <= proof.index < proof.tree_size:
         raise ProofError(f"leaf index {proof.index} outside a tree of {proof.tree_size} leaves")
     fn, sn = proof.index, proof.tree_size - 1
