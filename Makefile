@@ -22,8 +22,8 @@ test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests benchmarks examples
-	$(VENV)/bin/mypy
+	$(PY) -m ruff check src tests benchmarks examples
+	$(PY) -m mypy
 
 bench: $(STAMP)
 	$(PY) benchmarks/ingest_throughput.py

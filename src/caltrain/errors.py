@@ -52,4 +52,22 @@ class ServiceError(CaltrainError):
 
 
 class AuthError(ServiceError):
-    """A request's sender is unknown, unsigned, or not allowed to do this."""
+    """A request's sender is unknown, or not allowed to do this (HTTP 403)."""
+
+
+class Unauthenticated(AuthError):
+    """A request carries no valid signature of a consortium member (HTTP 401)."""
+
+
+def error_class(name: str) -> type[CaltrainError]:
+    """The caltrain error class called `name` among those imported, for re-raising across a boundary.
+
+    Unknown names map to `CaltrainError`, so a peer cannot make us raise anything outside the hierarchy.
+    """
+    stack: list[type[CaltrainError]] = [CaltrainError]
+    while stack:
+        cls = stack.pop()
+        if cls.__name__ == name:
+            return cls
+        stack.extend(cls.__subclasses__())
+    return CaltrainError

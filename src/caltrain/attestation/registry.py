@@ -55,13 +55,13 @@ def get_backend(platform: str) -> VerifierBackend:
         ) from None
 
 
-def make_collector(platform: str, **options: Any) -> EvidenceCollector:
+def make_collector(name: str, /, **options: Any) -> EvidenceCollector:
     _load_builtin()
     try:
-        factory = _COLLECTORS[platform]
+        factory = _COLLECTORS[name]
     except KeyError:
         raise UnknownPlatform(
-            f"no evidence collector for platform {platform!r}; known: {sorted(_COLLECTORS)}"
+            f"no evidence collector for platform {name!r}; known: {sorted(_COLLECTORS)}"
         ) from None
     return factory(**options)
 

@@ -1,0 +1,30 @@
+"""`caltrain serve`: the host side of the enclave, over HTTP."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from caltrain.enclave.consortium import Consortium
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="start the enclave and serve its HTTP API")
+    p.add_argument("--state", type=Path, required=True, help="state directory (sealed enclave state, containers)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8700)
+    p.add_argument("--backend", default="simulated", help="TEE backend: simulated, sgx-dcap, tdx, sev-snp")
+    p.add_argument("--consortium", type=Path, required=True, help="consortium file (members, roles, keys)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from caltrain.service.app import create_app
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    app = create_app(state_dir=args.state, consortium=Consortium.load(args.consortium), backend=args.backend)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+    return 0

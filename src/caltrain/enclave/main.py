@@ -1,0 +1,66 @@
+"""The enclave process: `python -m caltrain.enclave.main --fd N --state DIR --backend NAME`.
+
+Started by the host as a fresh interpreter (never forked from it), optionally under a launcher such as
+`gramine-sgx`. It generates its keys inside, announces them with `Ready`, then answers calls until
+`Shutdown` or until the host closes the channel.
+"""
+
+from __future__ import annotations
+
+import os
+
+# Before numpy/torch load: two processes sharing 2 cores must not each spawn a thread pool (MACHINE-NOTES).
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+import argparse  # noqa: E402
+import importlib  # noqa: E402
+import socket  # noqa: E402
+import sys  # noqa: E402
+from collections.abc import Sequence  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from caltrain.enclave.boot import boot  # noqa: E402
+from caltrain.enclave.channel import Channel, ChannelClosed  # noqa: E402
+from caltrain.enclave.manifest import ECALL_MODULES  # noqa: E402
+from caltrain.enclave.runtime import dispatch  # noqa: E402
+from caltrain.enclave.wire import Failure, Ok, Ready, Shutdown  # noqa: E402
+from caltrain.errors import CaltrainError  # noqa: E402
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="caltrain-enclave")
+    parser.add_argument("--fd", type=int, required=True, help="inherited socket to the host")
+    parser.add_argument("--state", type=Path, required=True, help="directory for sealed state")
+    parser.add_argument("--backend", default="simulated")
+    args = parser.parse_args(argv)
+    channel = Channel(socket.socket(fileno=args.fd))
+    for name in ECALL_MODULES:
+        importlib.import_module(name)
+    try:
+        ctx = boot(state_dir=args.state, backend=args.backend)
+    except CaltrainError as exc:  # e.g. tampered sealed state: tell the host why, then stop
+        channel.send(Failure(error=type(exc).__name__, detail=str(exc)))
+        return 1
+    channel.send(
+        Ready(
+            platform=ctx.platform,
+            measurement=ctx.measurement,
+            hpke_public_key=ctx.hpke.public_bytes,
+            signing_public_key=ctx.identity.public_key,
+            simulated=ctx.simulated,
+        )
+    )
+    try:
+        while True:
+            msg = channel.recv()
+            if isinstance(msg, Shutdown):
+                channel.send(Ok())
+                return 0
+            channel.send(dispatch(ctx, msg))
+    except ChannelClosed:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

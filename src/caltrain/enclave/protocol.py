@@ -1,0 +1,37 @@
+"""Digests both sides of the boundary sign or bind: defined once, used by the participant and the enclave."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from caltrain.crypto.errors import InvalidKey
+from caltrain.crypto.hashing import sha256, tagged_hash
+
+KEY_BYTES = 32
+
+
+@dataclass(frozen=True)
+class EnclaveKeys:
+    """The two public keys an enclave generates inside and binds in its evidence (HPKE, then Ed25519)."""
+
+    hpke: bytes
+    signing: bytes
+
+    def to_bytes(self) -> bytes:
+        return self.hpke + self.signing
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> EnclaveKeys:
+        if len(data) != 2 * KEY_BYTES:
+            raise InvalidKey(f"enclave public keys must be {2 * KEY_BYTES} bytes, got {len(data)}")
+        return cls(data[:KEY_BYTES], data[KEY_BYTES:])
+
+
+def wrap_context(dataset_id: str, participant: str) -> bytes:
+    """HPKE `info` for a container's data key: the key opens only that dataset of that participant."""
+    return tagged_hash("caltrain/data-key/v1", dataset_id.encode(), participant.encode())
+
+
+def submission_digest(container: bytes, wrapped_key: bytes, enclave_keys: EnclaveKeys) -> bytes:
+    """What a participant signs to submit: this container, this wrapped key, to this attested enclave."""
+    return tagged_hash("caltrain/submit/v1", sha256(container), wrapped_key, enclave_keys.to_bytes())

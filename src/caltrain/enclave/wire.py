@@ -1,0 +1,243 @@
+"""The wire schema: every message that crosses the enclave boundary, versioned and validated on receipt.
+
+A frame is `u32 header length | JSON header | u32 blob count | (u64 length | bytes)*`. The header holds
+the message type, the schema version and every non-bytes field; `bytes` fields travel as blobs, never as
+base64 in JSON. Decoding checks the type is listed here, the field set is exact and every value has its
+declared type, so a handler only ever sees a well-formed message. Tensors do not travel here: they cross
+through preallocated shared memory (`caltrain.enclave.shm`), and messages only name the slot.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import struct
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, TypeVar, get_type_hints
+
+from caltrain.errors import EnclaveError
+
+WIRE_VERSION = 1
+MAX_FRAME_BYTES = 1 << 32
+
+
+class WireError(EnclaveError):
+    """A frame is malformed or a message does not match its schema."""
+
+
+class Message:
+    """Base of every boundary message; subclasses are frozen dataclasses registered by `message`."""
+
+    type_name: ClassVar[str]
+
+
+M = TypeVar("M", bound=type[Message])
+MESSAGES: dict[str, type[Message]] = {}
+
+
+def message(cls: M) -> M:
+    """Register a message class under its class name and make it a frozen dataclass."""
+    dc = dataclass(frozen=True)(cls)
+    dc.type_name = cls.__name__
+    if dc.type_name in MESSAGES:
+        raise TypeError(f"message {dc.type_name} registered twice")
+    MESSAGES[dc.type_name] = dc
+    return dc
+
+
+# --- lifecycle -------------------------------------------------------------------------------------------
+
+
+@message
+class Ready(Message):
+    """First frame from a started enclave: what it is and the keys it generated inside."""
+
+    platform: str
+    measurement: str
+    hpke_public_key: bytes
+    signing_public_key: bytes
+    simulated: bool
+
+
+@message
+class Shutdown(Message):
+    pass
+
+
+@message
+class Ok(Message):
+    pass
+
+
+@message
+class Failure(Message):
+    """A call failed inside the enclave; `error` names a caltrain error class the proxy re-raises."""
+
+    error: str
+    detail: str
+
+
+# --- attestation -----------------------------------------------------------------------------------------
+
+
+@message
+class GetEvidence(Message):
+    nonce: bytes
+
+
+@message
+class EvidenceReply(Message):
+    platform: str
+    quote: bytes
+    supporting: dict[str, str]  # name -> base64
+
+
+# --- ingestion -------------------------------------------------------------------------------------------
+
+
+@message
+class IngestDataset(Message):
+    """A participant's upload, exactly as received: the enclave checks every part itself."""
+
+    participant: str
+    container: bytes
+    wrapped_key: bytes
+    signature: bytes
+
+
+@message
+class DatasetInfo(Message):
+    dataset_id: str
+    participant: str
+    record_count: int
+    merkle_root: str
+    schema: dict[str, Any]
+
+
+@message
+class ListDatasets(Message):
+    pass
+
+
+@message
+class DatasetList(Message):
+    datasets: list[dict[str, Any]] = field(default_factory=list)
+
+
+# --- codec -----------------------------------------------------------------------------------------------
+
+_U32 = struct.Struct(">I")
+_U64 = struct.Struct(">Q")
+
+
+def _check(value: Any, hint: Any, where: str) -> None:
+    origin = typing.get_origin(hint)
+    if hint is Any:
+        return
+    if origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(hint):
+            try:
+                _check(value, option, where)
+                return
+            except WireError:
+                continue
+        raise WireError(f"{where}: {value!r} matches none of {hint}")
+    if hint is type(None):
+        if value is not None:
+            raise WireError(f"{where}: expected null")
+        return
+    if origin is list:
+        if not isinstance(value, list):
+            raise WireError(f"{where}: expected a list")
+        (item,) = typing.get_args(hint)
+        for i, v in enumerate(value):
+            _check(v, item, f"{where}[{i}]")
+        return
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise WireError(f"{where}: expected an object")
+        _, val = typing.get_args(hint)
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise WireError(f"{where}: keys must be strings")
+            _check(v, val, f"{where}.{k}")
+        return
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise WireError(f"{where}: expected a number")
+        return
+    if hint is int and isinstance(value, bool):
+        raise WireError(f"{where}: expected an integer, got a boolean")
+    if not isinstance(value, hint):
+        raise WireError(f"{where}: expected {hint.__name__}, got {type(value).__name__}")
+
+
+def _hints(cls: type[Message]) -> dict[str, Any]:
+    return {f.name: get_type_hints(cls)[f.name] for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+
+
+def encode(msg: Message) -> bytes:
+    header: dict[str, Any] = {"v": WIRE_VERSION, "type": msg.type_name}
+    blobs: list[bytes] = []
+    for name in _hints(type(msg)):
+        value = getattr(msg, name)
+        if isinstance(value, (bytes, bytearray, memoryview)):
+            header[name] = {"$blob": len(blobs)}
+            blobs.append(bytes(value))
+        else:
+            header[name] = value
+    head = json.dumps(header, separators=(",", ":")).encode()
+    parts = [_U32.pack(len(head)), head, _U32.pack(len(blobs))]
+    for blob in blobs:
+        parts += [_U64.pack(len(blob)), blob]
+    return b"".join(parts)
+
+
+def decode(frame: bytes | memoryview) -> Message:
+    """Parse and validate one frame; anything off raises `WireError` naming what was wrong."""
+    view = memoryview(frame)
+    try:
+        (head_len,) = _U32.unpack_from(view, 0)
+        header = json.loads(bytes(view[4 : 4 + head_len]))
+        pos = 4 + head_len
+        (count,) = _U32.unpack_from(view, pos)
+        pos += 4
+        blobs = []
+        for _ in range(count):
+            (n,) = _U64.unpack_from(view, pos)
+            pos += 8
+            if pos + n > len(view):
+                raise WireError("blob runs past the end of the frame")
+            blobs.append(bytes(view[pos : pos + n]))
+            pos += n
+    except (struct.error, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise WireError(f"malformed frame: {exc}") from None
+    if pos != len(view):
+        raise WireError(f"{len(view) - pos} trailing bytes after the frame")
+    if not isinstance(header, dict) or header.get("v") != WIRE_VERSION:
+        raise WireError(f"unsupported wire version {header.get('v') if isinstance(header, dict) else None!r}")
+    cls = MESSAGES.get(str(header.get("type")))
+    if cls is None:
+        raise WireError(f"unknown message type {header.get('type')!r}")
+    hints = _hints(cls)
+    fields = {k: v for k, v in header.items() if k not in ("v", "type")}
+    if set(fields) != set(hints):
+        raise WireError(f"{cls.type_name}: fields {sorted(fields)} != schema {sorted(hints)}")
+    used: set[int] = set()
+    for name, hint in hints.items():
+        value = fields[name]
+        if hint is bytes:
+            if not (isinstance(value, dict) and set(value) == {"$blob"} and isinstance(value["$blob"], int)):
+                raise WireError(f"{cls.type_name}.{name}: expected a blob reference")
+            index = value["$blob"]
+            if not 0 <= index < len(blobs) or index in used:
+                raise WireError(f"{cls.type_name}.{name}: bad blob index {index}")
+            used.add(index)
+            fields[name] = blobs[index]
+        else:
+            _check(value, hint, f"{cls.type_name}.{name}")
+    if len(used) != len(blobs):
+        raise WireError(f"{cls.type_name}: {len(blobs) - len(used)} unreferenced blobs")
+    return cls(**fields)

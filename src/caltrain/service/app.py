@@ -1,0 +1,88 @@
+"""The caltrain server: FastAPI over uvicorn, the untrusted host side of the enclave.
+
+It routes requests to the enclave and runs whatever the partition puts on the host. It never sees
+plaintext records, inputs or keys: those only exist inside the enclave process.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from caltrain.enclave.consortium import Consortium
+from caltrain.enclave.errors import DuplicateDataset, UnknownDataset
+from caltrain.enclave.host import EnclaveHost
+from caltrain.enclave.manifest import EnclaveConfig
+from caltrain.errors import (
+    AuthError,
+    CaltrainError,
+    EnclaveError,
+    ServiceError,
+    Unauthenticated,
+)
+from caltrain.service import ingestion
+from caltrain.service.auth import RequestAuthenticator
+from caltrain.service.state import ServerState
+
+log = logging.getLogger("caltrain.server")
+
+ROUTERS = (ingestion.router,)
+
+
+def status_code(exc: CaltrainError) -> int:
+    """HTTP status for a caltrain error: the client's fault is 4xx, the server's 5xx."""
+    for cls, code in (
+        (Unauthenticated, 401),
+        (AuthError, 403),
+        (UnknownDataset, 404),
+        (DuplicateDataset, 409),
+        (EnclaveError, 503),
+        (ServiceError, 400),
+    ):
+        if isinstance(exc, cls):
+            return code
+    return 400
+
+
+def create_app(
+    *, state_dir: Path, consortium: Consortium, backend: str = "simulated", enclave: EnclaveHost | None = None
+) -> FastAPI:
+    """Build the app; the enclave starts with the app (lifespan) and stops with it."""
+    host = enclave or EnclaveHost(state_dir=state_dir, config=EnclaveConfig(consortium), backend=backend)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        ready = host.start() if host.ready is None else host.ready
+        if ready.simulated:
+            log.warning("SIMULATED TEE backend: the enclave is an ordinary process; no hardware protection")
+        log.info("enclave ready: platform=%s measurement=%s", ready.platform, ready.measurement)
+        app.state.server = ServerState(host, consortium, RequestAuthenticator(consortium), state_dir)
+        try:
+            yield
+        finally:
+            host.stop()
+
+    app = FastAPI(
+        title="caltrain",
+        version="1",
+        summary="Confidential and accountable deep learning on TEEs",
+        description="Host side of the caltrain enclave. Every payload that carries private data is encrypted "
+        "to the attested enclave key; the host routes ciphertext and runs only the BackNet.",
+        lifespan=lifespan,
+    )
+
+    @app.exception_handler(CaltrainError)
+    async def caltrain_error(request: Request, exc: CaltrainError) -> JSONResponse:
+        code = status_code(exc)
+        log.log(logging.ERROR if code >= 500 else logging.WARNING, "%s %s -> %d %s: %s",
+                request.method, request.url.path, code, type(exc).__name__, exc)
+        return JSONResponse(status_code=code, content={"error": type(exc).__name__, "detail": str(exc)})
+
+    for router in ROUTERS:
+        app.include_router(router)
+    return app

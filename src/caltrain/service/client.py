@@ -1,0 +1,131 @@
+"""The client side of the protocol: attest the enclave, then send it only what its key may open."""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+import caltrain.attestation.errors
+import caltrain.crypto.errors
+import caltrain.enclave.consortium
+import caltrain.enclave.errors  # noqa: F401  (error classes the server may name)
+from caltrain.attestation import Evidence, Policy, VerifiedEnclave, Verifier
+from caltrain.attestation.backends.simulated import parse_quote
+from caltrain.attestation.policy import SimulatedPolicy
+from caltrain.crypto.container import read_header
+from caltrain.crypto.hpke import wrap_key
+from caltrain.crypto.signing import Identity
+from caltrain.enclave.protocol import EnclaveKeys, submission_digest, wrap_context
+from caltrain.errors import CaltrainError, ServiceError, error_class
+from caltrain.service.auth import sign_request
+
+
+@dataclass(frozen=True)
+class AttestedEnclave:
+    verified: VerifiedEnclave
+    keys: EnclaveKeys
+
+
+class CaltrainClient:
+    """A small synchronous client. With an identity, requests that need a member are signed."""
+
+    def __init__(
+        self, server: str, *, identity: Identity | None = None, name: str | None = None, timeout: float = 300.0
+    ) -> None:
+        self._http = httpx.Client(base_url=server.rstrip("/"), timeout=timeout)
+        self._identity = identity
+        self._name = name
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> CaltrainClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: bytes = b"",
+        headers: dict[str, str] | None = None,
+        signed: bool = False,
+    ) -> Any:
+        """One request; a caltrain error on the server is re-raised here as the same class."""
+        headers = dict(headers or {})
+        if signed:
+            if self._identity is None or self._name is None:
+                raise ServiceError(f"{method} {path} needs a member identity (--home)")
+            headers.update(sign_request(self._identity, self._name, method, path, body))
+        try:
+            response = self._http.request(method, path, content=body, headers=headers)
+        except httpx.HTTPError as exc:
+            raise ServiceError(f"cannot reach {self._http.base_url}: {exc}") from None
+        if response.is_success:
+            return response.json()
+        try:
+            err = response.json()
+            cls = error_class(str(err["error"]))
+            detail = str(err["detail"])
+        except (ValueError, KeyError, TypeError):
+            raise ServiceError(f"{method} {path} -> HTTP {response.status_code}: {response.text[:200]}") from None
+        raise (ServiceError if cls is CaltrainError else cls)(detail)
+
+    def evidence(self, nonce: bytes) -> Evidence:
+        data = self.request("GET", f"/v1/attestation?nonce={nonce.hex()}")
+        fields = ("platform", "quote", "enclave_public_key", "nonce", "supporting")
+        return Evidence.from_json({k: data.get(k) for k in fields})
+
+    def attest(self, verifier: Verifier) -> AttestedEnclave:
+        """Fresh nonce, evidence, verification under the verifier's policy; raises unless all checks pass."""
+        evidence = self.evidence(verifier.new_nonce())
+        verified = verifier.verify(evidence)
+        return AttestedEnclave(verified, EnclaveKeys.from_bytes(verified.public_key))
+
+    def submit(self, container: bytes, data_key: bytes, policy: Policy) -> dict[str, Any]:
+        """Attest, wrap the data key to the enclave, sign the submission, upload the container."""
+        if self._identity is None or self._name is None:
+            raise ServiceError("submitting needs the participant's identity")
+        header, _ = read_header(container)
+        enclave = self.attest(Verifier(policy))
+        wrapped = wrap_key(data_key, enclave.keys.hpke, context=wrap_context(header.dataset_id, self._name))
+        signature = self._identity.sign(submission_digest(container, wrapped, enclave.keys))
+        headers = {
+            "x-caltrain-participant": self._name,
+            "x-caltrain-wrapped-key": base64.b64encode(wrapped).decode(),
+            "x-caltrain-signature": base64.b64encode(signature).decode(),
+            "content-type": "application/octet-stream",
+        }
+        result: dict[str, Any] = self.request("POST", "/v1/datasets", body=container, headers=headers)
+        return result
+
+    def status(self) -> dict[str, Any]:
+        result: dict[str, Any] = self.request("GET", "/v1/status")
+        return result
+
+
+def draft_policy(evidence: Evidence) -> Policy:
+    """A policy pinning what this evidence shows, for a person to review (compare with `caltrain measure`)."""
+    if evidence.platform != "simulated":
+        raise ServiceError(
+            f"drafting a {evidence.platform} policy from evidence is not automatic: write it from the expected "
+            "measurement (see the README, 'Running on real hardware')"
+        )
+    body, _, _ = parse_quote(evidence.quote)
+    return Policy(
+        platforms=["simulated"],
+        measurements=[body["measurement"]],
+        allow_simulated=True,
+        simulated=SimulatedPolicy(platform_keys=[body["platform_key"]]),
+    )
+
+
+def pretty(data: Any) -> str:
+    return json.dumps(data, indent=2, sort_keys=True)
