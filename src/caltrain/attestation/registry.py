@@ -50,9 +50,7 @@ def get_backend(platform: str) -> VerifierBackend:
     try:
         return _VERIFIERS[platform]
     except KeyError:
-        raise UnknownPlatform(
-            f"no verifier for platform {platform!r}; known: {sorted(_VERIFIERS)}"
-        ) from None
+        raise UnknownPlatform(f"no verifier for platform {platform!r}; known: {sorted(_VERIFIERS)}") from None
 
 
 def make_collector(name: str, /, **options: Any) -> EvidenceCollector:
@@ -60,9 +58,7 @@ def make_collector(name: str, /, **options: Any) -> EvidenceCollector:
     try:
         factory = _COLLECTORS[name]
     except KeyError:
-        raise UnknownPlatform(
-            f"no evidence collector for platform {name!r}; known: {sorted(_COLLECTORS)}"
-        ) from None
+        raise UnknownPlatform(f"no evidence collector for platform {name!r}; known: {sorted(_COLLECTORS)}") from None
     return factory(**options)
 
 

@@ -14,9 +14,7 @@ COMMAND_MODULES = ("caltrain.cli.measure", "caltrain.cli.ingest", "caltrain.cli.
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="caltrain", description="Confidential and accountable deep learning on TEEs."
-    )
+    parser = argparse.ArgumentParser(prog="caltrain", description="Confidential and accountable deep learning on TEEs.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)

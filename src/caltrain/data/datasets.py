@@ -52,7 +52,9 @@ class ArrayDataset:
         )
 
 
-def _split(x: np.ndarray, y: np.ndarray, name: str, test_fraction: float, seed: int) -> tuple[ArrayDataset, ...]:
+def _split(
+    x: np.ndarray, y: np.ndarray, name: str, test_fraction: float, seed: int
+) -> tuple[ArrayDataset, ArrayDataset]:
     order = np.random.default_rng(seed).permutation(len(y))
     n_test = round(len(y) * test_fraction)
     classes = int(y.max()) + 1

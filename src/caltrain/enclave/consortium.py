@@ -68,7 +68,7 @@ class Consortium:
     @classmethod
     def from_json(cls, data: Any) -> Consortium:
         if not isinstance(data, dict) or data.get("version") != 1 or not isinstance(data.get("members"), list):
-            raise ConsortiumError("consortium file must be {\"version\": 1, \"members\": [...]}")
+            raise ConsortiumError('consortium file must be {"version": 1, "members": [...]}')
         members = []
         for i, raw in enumerate(data["members"]):
             try:

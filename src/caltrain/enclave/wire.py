@@ -15,7 +15,7 @@ import struct
 import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, TypeVar, get_type_hints
+from typing import Any, ClassVar, TypeVar, dataclass_transform, get_type_hints
 
 from caltrain.errors import EnclaveError
 
@@ -37,6 +37,7 @@ M = TypeVar("M", bound=type[Message])
 MESSAGES: dict[str, type[Message]] = {}
 
 
+@dataclass_transform(frozen_default=True, field_specifiers=(field,))
 def message(cls: M) -> M:
     """Register a message class under its class name and make it a frozen dataclass."""
     dc = dataclass(frozen=True)(cls)
@@ -44,7 +45,7 @@ def message(cls: M) -> M:
     if dc.type_name in MESSAGES:
         raise TypeError(f"message {dc.type_name} registered twice")
     MESSAGES[dc.type_name] = dc
-    return dc
+    return cls
 
 
 # --- lifecycle -------------------------------------------------------------------------------------------

@@ -79,8 +79,15 @@ def create_app(
     @app.exception_handler(CaltrainError)
     async def caltrain_error(request: Request, exc: CaltrainError) -> JSONResponse:
         code = status_code(exc)
-        log.log(logging.ERROR if code >= 500 else logging.WARNING, "%s %s -> %d %s: %s",
-                request.method, request.url.path, code, type(exc).__name__, exc)
+        log.log(
+            logging.ERROR if code >= 500 else logging.WARNING,
+            "%s %s -> %d %s: %s",
+            request.method,
+            request.url.path,
+            code,
+            type(exc).__name__,
+            exc,
+        )
         return JSONResponse(status_code=code, content={"error": type(exc).__name__, "detail": str(exc)})
 
     for router in ROUTERS:
