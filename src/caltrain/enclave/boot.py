@@ -49,4 +49,5 @@ def boot(*, state_dir: Path, backend: str) -> EnclaveContext:
         identity=identity,
         sealer=sealer,
         collector=collector,
+        counters=platform,
     )

@@ -11,7 +11,7 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from caltrain.attestation.registry import EvidenceCollector
 from caltrain.crypto.hpke import HpkeKeyPair
@@ -21,6 +21,14 @@ from caltrain.enclave.manifest import EnclaveConfig
 from caltrain.enclave.protocol import EnclaveKeys
 from caltrain.enclave.wire import Failure, Message
 from caltrain.errors import CaltrainError, EnclaveError
+
+
+class MonotonicCounters(Protocol):
+    """Platform counters that only move forward: what lets sealed state detect a rollback."""
+
+    def counter_read(self, name: str) -> int: ...
+
+    def counter_increment(self, name: str) -> int: ...
 
 
 @dataclass
@@ -36,6 +44,7 @@ class EnclaveContext:
     identity: Identity
     sealer: Sealer
     collector: EvidenceCollector
+    counters: MonotonicCounters
     extensions: dict[str, Any] = field(default_factory=dict)
 
     @property

@@ -127,6 +127,83 @@ class DatasetList(Message):
     datasets: list[dict[str, Any]] = field(default_factory=list)
 
 
+# --- partitioned training (CalTrain) --------------------------------------------------------------------
+
+
+@message
+class TrainStart(Message):
+    """Start (or resume from the newest sealed checkpoint) a job over ingested datasets."""
+
+    job_id: str
+    config: dict[str, Any]
+    ir_path: str
+    grad_path: str
+    label_path: str
+    slot_capacity: int
+    resume: bool
+
+
+@message
+class TrainReady(Message):
+    train_records: int
+    eval_records: int
+    steps_per_epoch: int
+    total_steps: int
+    next_step: int
+    ir_shape: list[int]
+
+
+@message
+class FrontForward(Message):
+    """Run the FrontNet on batch `index` of `phase` ("train": global step; "eval": eval batch); IR to shm."""
+
+    phase: str
+    index: int
+
+
+@message
+class ForwardOut(Message):
+    batch: int
+
+
+@message
+class FrontBackward(Message):
+    """dL/dIR for train step `step` is in shared memory: backpropagate and update the FrontNet."""
+
+    step: int
+
+
+@message
+class BackwardOut(Message):
+    checkpointed: bool
+
+
+@message
+class TrainEnd(Message):
+    job_id: str
+
+
+@message
+class TrainResult(Message):
+    job_id: str
+    steps: int
+    front_digest: str
+
+
+@message
+class ExportFrontNet(Message):
+    """Release the trained FrontNet encrypted (HPKE) to a recipient key; the enclave never sends it in clear."""
+
+    job_id: str
+    recipient_key: bytes
+
+
+@message
+class Exported(Message):
+    ciphertext: bytes
+    front_digest: str
+
+
 # --- codec -----------------------------------------------------------------------------------------------
 
 _U32 = struct.Struct(">I")

@@ -1,0 +1,17 @@
+"""Training-layer errors."""
+
+from __future__ import annotations
+
+from caltrain.errors import TrainingError
+
+
+class CheckpointRollback(TrainingError):
+    """A sealed checkpoint is older than the platform counter says the newest is (rolled back)."""
+
+
+class StepOutOfOrder(TrainingError):
+    """The host asked for a step other than the next one: the enclave runs steps strictly in order."""
+
+
+class NoActiveJob(TrainingError):
+    """No training job is running in the enclave, or it is another job."""

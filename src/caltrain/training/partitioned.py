@@ -1,0 +1,171 @@
+"""CalTrain's host half: drives the enclave step by step and trains the BackNet (on a GPU when asked).
+
+Per step: the enclave writes the FrontNet's IR and the labels to shared memory; the host runs the BackNet,
+the loss and its backward, writes dL/dIR back and lets the enclave update the FrontNet.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import torch
+
+from caltrain.enclave.host import EnclaveHost
+from caltrain.enclave.shm import SharedTensor
+from caltrain.enclave.wire import (
+    BackwardOut,
+    ForwardOut,
+    FrontBackward,
+    FrontForward,
+    TrainEnd,
+    TrainReady,
+    TrainResult,
+    TrainStart,
+)
+from caltrain.errors import TrainingError
+from caltrain.models import ZOO
+from caltrain.training.config import TrainConfig
+from caltrain.training.core import build_split, loss_fn, make_optimizer, state_digest
+from caltrain.training.plain import EpochStats, Progress, TrainingReport
+
+log = logging.getLogger("caltrain.training")
+EVAL_BATCH = 512
+
+
+class PartitionedTrainer:
+    """One training job across the enclave boundary. The host never holds data, FrontNet weights or keys."""
+
+    def __init__(
+        self,
+        enclave: EnclaveHost,
+        config: TrainConfig,
+        *,
+        job_id: str,
+        workdir: Path,
+        device: str = "cpu",
+        progress: Progress | None = None,
+    ) -> None:
+        self.enclave, self.config, self.job_id = enclave, config, job_id
+        self.workdir = Path(workdir)
+        self.device = torch.device(device)
+        self.progress = progress
+        # The host builds the same seeded model and keeps only the BackNet; FrontNet weights stay in the enclave.
+        _, part = build_split(config)
+        self.back = part.back.to(self.device)
+        self.optimizer = make_optimizer(list(self.back.parameters()), config)
+        sample = torch.zeros(1, *ZOO[config.model].input_shape)
+        with torch.no_grad():
+            self.ir_shape = tuple(part.front(sample).shape[1:])
+        capacity = max(config.batch_size, EVAL_BATCH) * int(torch.Size(self.ir_shape).numel())
+        self.ir = SharedTensor.create(capacity, "float32")
+        self.grad = SharedTensor.create(capacity, "float32")
+        self.labels = SharedTensor.create(max(config.batch_size, EVAL_BATCH), "int64")
+        self.boundary_seconds = 0.0
+
+    def close(self) -> None:
+        for slot in (self.ir, self.grad, self.labels):
+            slot.unlink()
+
+    def _call(self, msg, expect):  # type: ignore[no-untyped-def]
+        started = time.perf_counter()
+        reply = self.enclave.call(msg, expect)
+        self.boundary_seconds += time.perf_counter() - started
+        return reply
+
+    def _back_checkpoint(self, step: int) -> Path:
+        return self.workdir / f"backnet-{step:08d}.pt"
+
+    def _save_back(self, step: int) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        tmp = self._back_checkpoint(step).with_suffix(".tmp")
+        torch.save({"back": self.back.state_dict(), "optimizer": self.optimizer.state_dict()}, tmp)
+        tmp.replace(self._back_checkpoint(step))
+        for old in sorted(self.workdir.glob("backnet-*.pt"))[:-3]:
+            old.unlink()
+
+    def _load_back(self, step: int) -> None:
+        path = self._back_checkpoint(step)
+        if not path.exists():
+            raise TrainingError(f"the enclave resumes at step {step}, but the host has no BackNet checkpoint there")
+        state = torch.load(path, weights_only=True, map_location=self.device)
+        self.back.load_state_dict(state["back"])
+        self.optimizer.load_state_dict(state["optimizer"])
+
+    def start(self, *, resume: bool = False) -> TrainReady:
+        ready = self._call(
+            TrainStart(
+                job_id=self.job_id,
+                config=self.config.to_dict(),
+                ir_path=str(self.ir.path),
+                grad_path=str(self.grad.path),
+                label_path=str(self.labels.path),
+                slot_capacity=self.ir.capacity,
+                resume=resume,
+            ),
+            TrainReady,
+        )
+        if tuple(ready.ir_shape) != self.ir_shape:
+            raise TrainingError(f"enclave IR shape {ready.ir_shape} differs from the host's {self.ir_shape}")
+        if ready.next_step:
+            self._load_back(ready.next_step)
+        else:
+            self._save_back(0)
+        return ready
+
+    def step(self, step: int) -> tuple[float, int, int]:
+        """One training step; returns (loss, correct, batch size)."""
+        n = self._call(FrontForward(phase="train", index=step), ForwardOut).batch
+        ir = self.ir.view((n, *self.ir_shape)).to(self.device).requires_grad_()
+        labels = self.labels.view((n,)).to(self.device)
+        logits = self.back(ir)
+        loss = loss_fn(logits, labels)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        assert ir.grad is not None
+        self.grad.view((n, *self.ir_shape)).copy_(ir.grad)
+        if self._call(FrontBackward(step=step), BackwardOut).checkpointed:
+            self._save_back(step + 1)
+        return loss.item(), int((logits.argmax(1) == labels).sum()), n
+
+    def evaluate(self, records: int) -> float | None:
+        if not records:
+            return None
+        correct = 0
+        self.back.eval()
+        with torch.no_grad():
+            for index in range((records + EVAL_BATCH - 1) // EVAL_BATCH):
+                n = self._call(FrontForward(phase="eval", index=index), ForwardOut).batch
+                logits = self.back(self.ir.view((n, *self.ir_shape)).to(self.device))
+                correct += int((logits.argmax(1).cpu() == self.labels.view((n,))).sum())
+        self.back.train()
+        return correct / records
+
+    def run(self, *, resume: bool = False, stop_after: int | None = None) -> TrainingReport:
+        """Train to the end (or `stop_after` steps, for crash tests) and return the per-epoch report."""
+        ready = self.start(resume=resume)
+        report = TrainingReport(self.config)
+        spe, step = ready.steps_per_epoch, ready.next_step
+        epoch_started, loss_sum, correct, seen = time.perf_counter(), 0.0, 0, 0
+        while step < ready.total_steps:
+            if stop_after is not None and step >= stop_after:
+                return report
+            loss, ok, n = self.step(step)
+            loss_sum, correct, seen, step = loss_sum + loss * n, correct + ok, seen + n, step + 1
+            if step % spe == 0:
+                seconds = time.perf_counter() - epoch_started
+                stats = EpochStats(step // spe, loss_sum / seen, correct / seen, self.evaluate(ready.eval_records),
+                                   seconds, seen / seconds)
+                report.epochs.append(stats)
+                log.info("job %s epoch %d: loss %.4f train acc %.3f eval acc %s %.0f samples/s", self.job_id,
+                         stats.epoch, stats.loss, stats.train_accuracy, stats.eval_accuracy, stats.samples_per_s)
+                if self.progress:
+                    self.progress({"trainer": "partitioned", "job_id": self.job_id, **stats.to_dict()})
+                epoch_started, loss_sum, correct, seen = time.perf_counter(), 0.0, 0, 0
+        result = self._call(TrainEnd(job_id=self.job_id), TrainResult)
+        report.front_digest = result.front_digest
+        report.model_digest = ""  # the whole model exists only where FrontNet and BackNet meet: the enclave
+        self.back_digest = state_digest(self.back)
+        return report
