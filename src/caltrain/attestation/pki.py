@@ -14,7 +14,7 @@ from datetime import datetime
 from importlib.resources import files
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
@@ -38,6 +38,17 @@ ROOT_SHA256 = {
 }
 
 
+# What `cryptography` raises, possibly lazily, on a malformed certificate.
+_X509_PARSE_ERRORS = (
+    ValueError,
+    TypeError,
+    UnsupportedAlgorithm,
+    x509.InvalidVersion,
+    x509.DuplicateExtension,
+    x509.UnsupportedGeneralNameType,
+)
+
+
 @contextmanager
 def serial_zero_tolerated() -> Iterator[None]:
     """AMD issues every VCEK/VLEK with serial number 0, which RFC 5280 forbids. `cryptography` 50 (the range
@@ -56,10 +67,14 @@ def load_certificates(data: bytes, what: str) -> list[x509.Certificate]:
     try:
         with serial_zero_tolerated():
             if data.startswith(b"-----BEGIN"):
-                return x509.load_pem_x509_certificates(data)
-            return [x509.load_der_x509_certificate(data)]
-    except ValueError as exc:
-        raise MalformedQuote(f"{what}: not a PEM or DER certificate ({exc})") from None
+                certs = x509.load_pem_x509_certificates(data)
+            else:
+                certs = [x509.load_der_x509_certificate(data)]
+            for cert in certs:  # `cryptography` parses lazily: fail here, typed, rather than mid-verification
+                _ = (cert.subject, cert.issuer, cert.extensions, cert.public_key(), cert.not_valid_after_utc)
+    except _X509_PARSE_ERRORS as exc:
+        raise MalformedQuote(f"{what}: not a well-formed PEM or DER certificate ({exc})") from None
+    return certs
 
 
 def load_root(name: str) -> x509.Certificate:

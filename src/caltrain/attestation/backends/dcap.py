@@ -15,6 +15,7 @@ from datetime import datetime
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from caltrain.attestation.collect import ConfigfsTsmCollector, GramineCollector
 from caltrain.attestation.errors import (
@@ -103,6 +104,11 @@ def verify_dcap(raw: bytes, supporting: Mapping[str, bytes], *, tdx: bool, now: 
         chain_pem = supporting.get("cert_chain", cert.pck_chain_pem)
         chain = load_certificates(chain_pem, "PCK certificate chain")
         root = verify_chain(chain, [load_root(INTEL_ROOT)], now, "PCK chain")
+        if "cert_chain" not in supporting and b"".join(c.public_bytes(Encoding.PEM) for c in chain) != chain_pem.rstrip(
+            b"\0"
+        ):
+            # PEM framing is not signed; insist on the canonical form so no byte of a quote is malleable
+            raise MalformedQuote("the PCK chain in the quote is not canonical PEM (altered framing or whitespace)")
         notes.append(" <- ".join(describe(c) for c in chain))
     with trace.step("QE report signature"):
         pck_key = chain[0].public_key()
