@@ -10,13 +10,13 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+from tests.attestation.conftest import BY_NAME, SAMPLES, Sample, at, vector
 
 from caltrain.attestation import errors as E
 from caltrain.attestation.evidence import Evidence, QuoteClaims
 from caltrain.attestation.registry import get_backend
 from caltrain.attestation.trace import Trace
 from caltrain.attestation.verifier import NonceTracker, Verifier, check_claims
-from tests.attestation.conftest import BY_NAME, SAMPLES, Sample, at, vector
 
 
 def verify(sample: Sample, evidence: Evidence | None = None, **section_changes: object) -> QuoteClaims:
@@ -210,9 +210,9 @@ def test_turin_vcek_chains_to_the_pinned_turin_ark() -> None:
     from caltrain.attestation.pki import load_certificates, load_packaged, load_root, verify_chain
 
     vcek = load_certificates(vector("sev-snp/virtee_vcek_turin.der"), "VCEK")
-    root = verify_chain(vcek + [load_packaged("amd_ask_turin.pem")], [load_root("amd_ark_turin.pem")],
+    root = verify_chain([*vcek, load_packaged("amd_ask_turin.pem")], [load_root("amd_ark_turin.pem")],
                         at("2025-01-01T00:00:00Z"), "Turin")  # fmt: skip
     assert root.subject.rfc4514_string().startswith("CN=ARK-Turin")
     with pytest.raises(E.UntrustedRoot):
-        verify_chain(vcek + [load_packaged("amd_ask_turin.pem")], [load_root("amd_ark_milan.pem")],
+        verify_chain([*vcek, load_packaged("amd_ask_turin.pem")], [load_root("amd_ark_milan.pem")],
                      at("2025-01-01T00:00:00Z"), "Turin")  # fmt: skip
