@@ -10,13 +10,11 @@ from collections.abc import Sequence
 from caltrain.errors import CaltrainError
 
 # Each module defines `register(subparsers)`, which adds its commands and sets `func(args) -> int`.
-COMMAND_MODULES = ("caltrain.cli.measure",)
+COMMAND_MODULES = ("caltrain.cli.evidence", "caltrain.cli.enclave")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="caltrain", description="Confidential and accountable deep learning on TEEs."
-    )
+    parser = argparse.ArgumentParser(prog="caltrain", description="Confidential and accountable deep learning on TEEs.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)
