@@ -46,7 +46,7 @@ def _hex_field(v: str | None, what: str, size: int) -> str | None:
     return v.lower()
 
 
-class _HardwarePolicy(BaseModel):
+class HardwarePolicy(BaseModel):
     """What every real platform section shares: how much of the vendor's TCB verdict is required.
 
     Fail closed by default: without collateral (Intel TCB info / QE identity / CRLs, or AMD's CRL) only the
@@ -59,7 +59,7 @@ class _HardwarePolicy(BaseModel):
     accepted_tcb_statuses: list[str] = Field(default_factory=lambda: ["UpToDate"])
 
 
-class SgxPolicy(_HardwarePolicy):
+class SgxPolicy(HardwarePolicy):
     """SGX (Gramine) specifics. MRENCLAVE goes in the top-level `measurements`."""
 
     mrsigners: list[str] = Field(default_factory=list)  # accepted enclave signers; empty: any signer
@@ -72,7 +72,7 @@ class SgxPolicy(_HardwarePolicy):
         return _hex_list(v, "sgx-dcap.mrsigners")
 
 
-class TdxPolicy(_HardwarePolicy):
+class TdxPolicy(HardwarePolicy):
     """TDX specifics. MRTD goes in the top-level `measurements`; RTMRs pin firmware, kernel and command line."""
 
     rtmrs: dict[int, str] = Field(default_factory=dict)  # index 0..3 -> expected 48-byte value
@@ -116,7 +116,7 @@ class SnpTcb(BaseModel):
     fmc: int = Field(default=0, ge=0, le=255)
 
 
-class SnpPolicy(_HardwarePolicy):
+class SnpPolicy(HardwarePolicy):
     """SEV-SNP specifics. MEASUREMENT goes in the top-level `measurements`.
 
     `require_collateral` here means AMD's CRL for the product; the TCB itself is judged by `min_tcb` against

@@ -33,7 +33,7 @@ from caltrain.attestation.errors import (
 from caltrain.attestation.evidence import Evidence, QuoteClaims
 from caltrain.attestation.intel import DcapCollateral, PckInfo, evaluate_collateral
 from caltrain.attestation.pki import describe, load_certificates, load_root, p256_key, verify_chain, verify_p256_rs
-from caltrain.attestation.policy import Policy, SgxPolicy, TdxPolicy, _HardwarePolicy
+from caltrain.attestation.policy import HardwarePolicy, Policy, SgxPolicy, TdxPolicy
 from caltrain.attestation.quotes import to_jsonable
 from caltrain.attestation.quotes.dcap import DcapQuote, SgxReportBody, TdReportBody, parse_dcap_quote
 from caltrain.attestation.registry import register_backend
@@ -130,7 +130,7 @@ def verify_dcap(raw: bytes, supporting: Mapping[str, bytes], *, tdx: bool, now: 
     return DcapResult(quote, pck, statuses, tuple(advisories), tuple(caveats))
 
 
-def check_tcb_policy(statuses: Mapping[str, str] | None, section: _HardwarePolicy, platform: str) -> None:
+def check_tcb_policy(statuses: Mapping[str, str] | None, section: HardwarePolicy, platform: str) -> None:
     """Shared by every hardware backend: is the TCB verdict (None: no collateral) good enough for this policy?"""
     if statuses is None:
         if section.require_collateral:
