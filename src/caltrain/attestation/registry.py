@@ -9,6 +9,7 @@ from typing import Any, Protocol
 from caltrain.attestation.errors import UnknownPlatform
 from caltrain.attestation.evidence import Evidence, QuoteClaims
 from caltrain.attestation.policy import Policy
+from caltrain.attestation.trace import Trace
 
 
 class VerifierBackend(Protocol):
@@ -17,7 +18,9 @@ class VerifierBackend(Protocol):
     platform: str
     simulated: bool  # True for backends with no hardware root: policies must opt in
 
-    def verify_quote(self, evidence: Evidence, policy: Policy, *, now: datetime) -> QuoteClaims: ...
+    def verify_quote(
+        self, evidence: Evidence, policy: Policy, *, now: datetime, trace: Trace | None = None
+    ) -> QuoteClaims: ...
 
 
 class EvidenceCollector(Protocol):

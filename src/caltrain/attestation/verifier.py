@@ -18,7 +18,7 @@ from caltrain.attestation.errors import (
     StaleNonce,
     UnknownPlatform,
 )
-from caltrain.attestation.evidence import Evidence, VerifiedEnclave
+from caltrain.attestation.evidence import Evidence, QuoteClaims, VerifiedEnclave
 from caltrain.attestation.policy import Policy
 from caltrain.attestation.registry import get_backend
 from caltrain.crypto.hashing import report_data_for
@@ -52,6 +52,20 @@ class NonceTracker:
             raise StaleNonce(f"nonce was issued {age:.0f} s ago; limit {self._max_age_s:.0f} s")
 
 
+def check_claims(policy: Policy, claims: QuoteClaims, now: datetime) -> None:
+    """The platform-independent policy checks on verified claims (also run by `caltrain evidence inspect`)."""
+    if claims.debug and not policy.allow_debug:
+        raise DebugNotAllowed("enclave runs in DEBUG mode; the policy forbids debug enclaves")
+    if claims.measurement.lower() not in policy.measurements:
+        raise MeasurementMismatch(
+            f"measurement {claims.measurement} is not among the policy's expected {policy.measurements}"
+        )
+    if claims.issued_at is not None:
+        age = now.timestamp() - claims.issued_at
+        if age > policy.max_evidence_age_s or age < -60:
+            raise StaleEvidence(f"evidence is {age:.0f} s old; limit {policy.max_evidence_age_s:.0f} s")
+
+
 class Verifier:
     """Verifies evidence under one policy. Every failure raises its own `AttestationError` subclass."""
 
@@ -83,16 +97,7 @@ class Verifier:
             )
         now = self._now()
         claims = backend.verify_quote(evidence, policy, now=now)
-        if claims.debug and not policy.allow_debug:
-            raise DebugNotAllowed("enclave runs in DEBUG mode; the policy forbids debug enclaves")
-        if claims.measurement.lower() not in policy.measurements:
-            raise MeasurementMismatch(
-                f"measurement {claims.measurement} is not among the policy's expected {policy.measurements}"
-            )
-        if claims.issued_at is not None:
-            age = now.timestamp() - claims.issued_at
-            if age > policy.max_evidence_age_s or age < -60:
-                raise StaleEvidence(f"evidence is {age:.0f} s old; limit {policy.max_evidence_age_s:.0f} s")
+        check_claims(policy, claims, now)
         self.nonces.consume(evidence.nonce)
         expected = report_data_for(evidence.enclave_public_key, evidence.nonce)
         if not hmac.compare_digest(claims.report_data[: len(expected)], expected):

@@ -10,7 +10,13 @@ from collections.abc import Sequence
 from caltrain.errors import CaltrainError
 
 # Each module defines `register(subparsers)`, which adds its commands and sets `func(args) -> int`.
-COMMAND_MODULES = ("caltrain.cli.measure", "caltrain.cli.ingest", "caltrain.cli.serve")
+COMMAND_MODULES = (
+    "caltrain.cli.measure",
+    "caltrain.cli.ingest",
+    "caltrain.cli.serve",
+    "caltrain.cli.evidence",
+    "caltrain.cli.enclave",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

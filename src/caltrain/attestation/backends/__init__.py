@@ -1,5 +1,5 @@
 """Built-in attestation backends; importing this package registers them."""
 
-from caltrain.attestation.backends import simulated
+from caltrain.attestation.backends import dcap, simulated, snp
 
-__all__ = ["simulated"]
+__all__ = ["dcap", "simulated", "snp"]

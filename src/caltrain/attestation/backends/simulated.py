@@ -17,6 +17,7 @@ from caltrain.attestation.errors import BadEvidenceSignature, MalformedEvidence
 from caltrain.attestation.evidence import Evidence, QuoteClaims
 from caltrain.attestation.policy import Policy
 from caltrain.attestation.registry import register_backend
+from caltrain.attestation.trace import Trace
 from caltrain.crypto.errors import BadSignature
 from caltrain.crypto.signing import SIGNATURE_BYTES, Identity, verify_signature
 
@@ -123,17 +124,23 @@ class SimulatedVerifier:
     platform = PLATFORM
     simulated = True
 
-    def verify_quote(self, evidence: Evidence, policy: Policy, *, now: datetime) -> QuoteClaims:
-        body, raw, signature = parse_quote(evidence.quote)
-        trusted = policy.simulated.platform_keys if policy.simulated else []
-        if body["platform_key"] not in trusted:
-            raise BadEvidenceSignature(
-                f"simulated platform key {body['platform_key'][:16]}… is not trusted by the policy"
-            )
-        try:
-            verify_signature(bytes.fromhex(body["platform_key"]), raw, signature, what="simulated quote")
-        except BadSignature as exc:
-            raise BadEvidenceSignature(str(exc)) from None
+    def verify_quote(
+        self, evidence: Evidence, policy: Policy, *, now: datetime, trace: Trace | None = None
+    ) -> QuoteClaims:
+        trace = trace or Trace()
+        with trace.step("parse"):
+            body, raw, signature = parse_quote(evidence.quote)
+        with trace.step("platform key trusted"):
+            trusted = policy.simulated.platform_keys if policy.simulated else []
+            if body["platform_key"] not in trusted:
+                raise BadEvidenceSignature(
+                    f"simulated platform key {body['platform_key'][:16]}… is not trusted by the policy"
+                )
+        with trace.step("quote signature"):
+            try:
+                verify_signature(bytes.fromhex(body["platform_key"]), raw, signature, what="simulated quote")
+            except BadSignature as exc:
+                raise BadEvidenceSignature(str(exc)) from None
         return QuoteClaims(
             measurement=body["measurement"],
             report_data=bytes.fromhex(body["report_data"]),
