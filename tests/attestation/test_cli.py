@@ -6,9 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
-from tests.attestation.conftest import BY_NAME, VECTORS, vector
 
 from caltrain.cli.main import main
+from tests.attestation.conftest import BY_NAME, VECTORS, vector
 
 
 def inspect(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, dict]:

@@ -7,11 +7,11 @@ import contextlib
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from tests.attestation.conftest import vector
 
 from caltrain.attestation.errors import MalformedEvidence, MalformedQuote, UnsupportedEvidenceVersion
 from caltrain.attestation.quotes.dcap import TdReportBody, parse_dcap_quote
 from caltrain.attestation.quotes.snp import TcbVersion, parse_snp_report
+from tests.attestation.conftest import vector
 
 
 def test_sgx_quote_fields_match_dcap_qvl_snapshot() -> None:

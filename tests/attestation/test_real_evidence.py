@@ -10,13 +10,13 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-from tests.attestation.conftest import BY_NAME, SAMPLES, Sample, at, vector
 
 from caltrain.attestation import errors as E
 from caltrain.attestation.evidence import Evidence, QuoteClaims
 from caltrain.attestation.registry import get_backend
 from caltrain.attestation.trace import Trace
 from caltrain.attestation.verifier import NonceTracker, Verifier, check_claims
+from tests.attestation.conftest import BY_NAME, SAMPLES, Sample, at, vector
 
 
 def verify(sample: Sample, evidence: Evidence | None = None, **section_changes: object) -> QuoteClaims:

@@ -7,10 +7,10 @@ import dataclasses
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from tests.attestation.conftest import BY_NAME, SAMPLES, Sample
 
 from caltrain.attestation.registry import get_backend
 from caltrain.errors import AttestationError
+from tests.attestation.conftest import BY_NAME, SAMPLES, Sample
 
 
 def refused(sample: Sample, field: str, offset: int) -> bool:

@@ -23,7 +23,7 @@ _DTYPES = {"float32": torch.float32, "int64": torch.int64}
 class SharedTensor:
     """A flat shared buffer of `capacity` elements; `view(shape)` gives a tensor on its first elements."""
 
-    def __init__(self, path: Path, capacity: int, dtype: str, *, create: bool = False) -> None:
+    def __init__(self, path: Path | str, capacity: int, dtype: str, *, create: bool = False) -> None:
         if dtype not in _DTYPES:
             raise EnclaveError(f"shared tensors hold {sorted(_DTYPES)}, not {dtype!r}")
         if capacity < 1:
