@@ -12,20 +12,20 @@ import numpy as np
 import pytest
 import torch
 
-from caltrain.crypto.hashing import tagged_hash
 from caltrain.crypto.hpke import HpkeKeyPair
 from caltrain.data.datasets import ArrayDataset, load_dataset
 from caltrain.enclave.errors import SealedStateError
 from caltrain.enclave.host import EnclaveHost
 from caltrain.enclave.manifest import EnclaveConfig
+from caltrain.enclave.protocol import export_info
 from caltrain.enclave.wire import (
+    BackwardOut,
     DatasetInfo,
     Exported,
     ExportFrontNet,
-    FrontBackward,
     ForwardOut,
+    FrontBackward,
     FrontForward,
-    BackwardOut,
 )
 from caltrain.training.config import TrainConfig
 from caltrain.training.errors import CheckpointRollback, StepOutOfOrder
@@ -62,7 +62,7 @@ CONFIG = TrainConfig(
 def export_front(host: EnclaveHost, job_id: str) -> dict[str, torch.Tensor]:
     recipient = HpkeKeyPair.generate()
     exported = host.call(ExportFrontNet(job_id=job_id, recipient_key=recipient.public_bytes), Exported)
-    raw = recipient.open(exported.ciphertext, tagged_hash("caltrain/export-frontnet/v1", job_id.encode()))
+    raw = recipient.open(exported.ciphertext, export_info(job_id))
     state: dict[str, torch.Tensor] = torch.load(io.BytesIO(raw), weights_only=True)
     return state
 

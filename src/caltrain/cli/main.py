@@ -14,6 +14,7 @@ COMMAND_MODULES = (
     "caltrain.cli.measure",
     "caltrain.cli.ingest",
     "caltrain.cli.serve",
+    "caltrain.cli.train",
     "caltrain.cli.evidence",
     "caltrain.cli.enclave",
 )

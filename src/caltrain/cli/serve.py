@@ -16,6 +16,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--port", type=int, default=8700)
     p.add_argument("--backend", default="simulated", help="TEE backend: simulated, sgx-dcap, tdx, sev-snp")
     p.add_argument("--consortium", type=Path, required=True, help="consortium file (members, roles, keys)")
+    p.add_argument("--device", default="cpu", help="where the BackNet trains: cpu, cuda, cuda:1, ...")
     p.set_defaults(func=run)
 
 
@@ -25,6 +26,8 @@ def run(args: argparse.Namespace) -> int:
     from caltrain.service.app import create_app
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    app = create_app(state_dir=args.state, consortium=Consortium.load(args.consortium), backend=args.backend)
+    app = create_app(
+        state_dir=args.state, consortium=Consortium.load(args.consortium), backend=args.backend, device=args.device
+    )
     uvicorn.run(app, host=args.host, port=args.port, log_level="info")
     return 0

@@ -35,3 +35,8 @@ def wrap_context(dataset_id: str, participant: str) -> bytes:
 def submission_digest(container: bytes, wrapped_key: bytes, enclave_keys: EnclaveKeys) -> bytes:
     """What a participant signs to submit: this container, this wrapped key, to this attested enclave."""
     return tagged_hash("caltrain/submit/v1", sha256(container), wrapped_key, enclave_keys.to_bytes())
+
+
+def export_info(job_id: str) -> bytes:
+    """HPKE context of an exported FrontNet: it opens only as the export of this job."""
+    return tagged_hash("caltrain/export-frontnet/v1", job_id.encode())

@@ -25,13 +25,14 @@ from caltrain.errors import (
     ServiceError,
     Unauthenticated,
 )
-from caltrain.service import ingestion
+from caltrain.service import ingestion, training
 from caltrain.service.auth import RequestAuthenticator
+from caltrain.service.jobs import JobBusy, JobManager, UnknownJob
 from caltrain.service.state import ServerState
 
 log = logging.getLogger("caltrain.server")
 
-ROUTERS = (ingestion.router,)
+ROUTERS = (ingestion.router, training.router)
 
 
 def status_code(exc: CaltrainError) -> int:
@@ -40,7 +41,9 @@ def status_code(exc: CaltrainError) -> int:
         (Unauthenticated, 401),
         (AuthError, 403),
         (UnknownDataset, 404),
+        (UnknownJob, 404),
         (DuplicateDataset, 409),
+        (JobBusy, 409),
         (EnclaveError, 503),
         (ServiceError, 400),
     ):
@@ -50,7 +53,12 @@ def status_code(exc: CaltrainError) -> int:
 
 
 def create_app(
-    *, state_dir: Path, consortium: Consortium, backend: str = "simulated", enclave: EnclaveHost | None = None
+    *,
+    state_dir: Path,
+    consortium: Consortium,
+    backend: str = "simulated",
+    device: str = "cpu",
+    enclave: EnclaveHost | None = None,
 ) -> FastAPI:
     """Build the app; the enclave starts with the app (lifespan) and stops with it."""
     host = enclave or EnclaveHost(state_dir=state_dir, config=EnclaveConfig(consortium), backend=backend)
@@ -62,6 +70,7 @@ def create_app(
             log.warning("SIMULATED TEE backend: the enclave is an ordinary process; no hardware protection")
         log.info("enclave ready: platform=%s measurement=%s", ready.platform, ready.measurement)
         app.state.server = ServerState(host, consortium, RequestAuthenticator(consortium), state_dir)
+        app.state.server.extensions["jobs"] = JobManager(host, state_dir, device)
         try:
             yield
         finally:

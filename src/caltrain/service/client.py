@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import base64
+import io
 import json
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
+import torch
 
 import caltrain.attestation.errors
 import caltrain.crypto.errors
@@ -17,11 +21,12 @@ from caltrain.attestation import Evidence, Policy, VerifiedEnclave, Verifier
 from caltrain.attestation.backends.simulated import parse_quote
 from caltrain.attestation.policy import SimulatedPolicy
 from caltrain.crypto.container import read_header
-from caltrain.crypto.hpke import wrap_key
+from caltrain.crypto.hpke import HpkeKeyPair, wrap_key
 from caltrain.crypto.signing import Identity
-from caltrain.enclave.protocol import EnclaveKeys, submission_digest, wrap_context
-from caltrain.errors import CaltrainError, ServiceError, error_class
+from caltrain.enclave.protocol import EnclaveKeys, export_info, submission_digest, wrap_context
+from caltrain.errors import CaltrainError, ServiceError, TrainingError, error_class
 from caltrain.service.auth import sign_request
+from caltrain.training.config import TrainConfig
 
 
 @dataclass(frozen=True)
@@ -105,6 +110,54 @@ class CaltrainClient:
         }
         result: dict[str, Any] = self.request("POST", "/v1/datasets", body=container, headers=headers)
         return result
+
+    def start_job(self, config: TrainConfig) -> dict[str, Any]:
+        body = json.dumps(config.to_dict()).encode()
+        result: dict[str, Any] = self.request(
+            "POST", "/v1/jobs", body=body, headers={"content-type": "application/json"}, signed=True
+        )
+        return result
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = self.request("GET", f"/v1/jobs/{job_id}")
+        return result
+
+    def wait_job(
+        self, job_id: str, *, poll_s: float = 0.5, on_progress: Callable[[dict[str, Any]], None] | None = None
+    ) -> dict[str, Any]:
+        """Poll until the job is done or failed, reporting each new epoch."""
+        reported = 0
+        while True:
+            job = self.job(job_id)
+            for epoch in job["progress"][reported:]:
+                if on_progress:
+                    on_progress(epoch)
+            reported = len(job["progress"])
+            if job["state"] == "done":
+                return job
+            if job["state"] == "failed":
+                raise TrainingError(f"job {job_id} failed: {job['error']}")
+            time.sleep(poll_s)
+
+    def backnet(self, job_id: str) -> dict[str, torch.Tensor]:
+        """The trained BackNet's weights (held in the clear by the host)."""
+        try:
+            response = self._http.get(f"/v1/jobs/{job_id}/backnet")
+        except httpx.HTTPError as exc:
+            raise ServiceError(f"cannot reach {self._http.base_url}: {exc}") from None
+        if not response.is_success:
+            raise ServiceError(f"BackNet of {job_id}: HTTP {response.status_code} {response.text[:200]}")
+        state: dict[str, torch.Tensor] = torch.load(io.BytesIO(response.content), weights_only=True)
+        return state
+
+    def export_frontnet(self, job_id: str) -> dict[str, torch.Tensor]:
+        """Ask the enclave for the trained FrontNet, encrypted to a key generated here and now."""
+        recipient = HpkeKeyPair.generate()
+        body = json.dumps({"recipient_key": recipient.public_bytes.hex()}).encode()
+        out = self.request("POST", f"/v1/jobs/{job_id}/export", body=body, signed=True)
+        raw = recipient.open(base64.b64decode(out["ciphertext"]), export_info(job_id))
+        state: dict[str, torch.Tensor] = torch.load(io.BytesIO(raw), weights_only=True)
+        return state
 
     def status(self) -> dict[str, Any]:
         result: dict[str, Any] = self.request("GET", "/v1/status")

@@ -103,7 +103,9 @@ def status(request: Request) -> dict[str, Any]:
     ready = state.enclave.ready
     assert ready is not None
     datasets = state.enclave.call(ListDatasets(), DatasetList).datasets
+    jobs = state.extensions.get("jobs")
     return {
         "enclave": {"platform": ready.platform, "measurement": ready.measurement, "simulated": ready.simulated},
         "datasets": datasets,
+        "jobs": [j.to_json() for j in jobs.jobs.values()] if jobs else [],
     }

@@ -19,6 +19,7 @@ from caltrain.crypto.hpke import seal_to
 from caltrain.enclave.datastore import IngestedDataset
 from caltrain.enclave.errors import SealedStateError
 from caltrain.enclave.ingest import datasets
+from caltrain.enclave.protocol import export_info
 from caltrain.enclave.runtime import EnclaveContext, ecall
 from caltrain.enclave.shm import SharedTensor
 from caltrain.enclave.wire import (
@@ -261,6 +262,5 @@ def export(ctx: EnclaveContext, req: ExportFrontNet) -> Exported:
         raise NoActiveJob(f"no finished job {req.job_id!r} to export")
     buf = io.BytesIO()
     torch.save(job.part.front.state_dict(), buf)
-    info = tagged_hash("caltrain/export-frontnet/v1", req.job_id.encode())
-    ciphertext = seal_to(req.recipient_key, buf.getvalue(), info)
+    ciphertext = seal_to(req.recipient_key, buf.getvalue(), export_info(req.job_id))
     return Exported(ciphertext=ciphertext, front_digest=state_digest(job.part.front))

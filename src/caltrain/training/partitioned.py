@@ -156,11 +156,24 @@ class PartitionedTrainer:
             loss_sum, correct, seen, step = loss_sum + loss * n, correct + ok, seen + n, step + 1
             if step % spe == 0:
                 seconds = time.perf_counter() - epoch_started
-                stats = EpochStats(step // spe, loss_sum / seen, correct / seen, self.evaluate(ready.eval_records),
-                                   seconds, seen / seconds)
+                stats = EpochStats(
+                    step // spe,
+                    loss_sum / seen,
+                    correct / seen,
+                    self.evaluate(ready.eval_records),
+                    seconds,
+                    seen / seconds,
+                )
                 report.epochs.append(stats)
-                log.info("job %s epoch %d: loss %.4f train acc %.3f eval acc %s %.0f samples/s", self.job_id,
-                         stats.epoch, stats.loss, stats.train_accuracy, stats.eval_accuracy, stats.samples_per_s)
+                log.info(
+                    "job %s epoch %d: loss %.4f train acc %.3f eval acc %s %.0f samples/s",
+                    self.job_id,
+                    stats.epoch,
+                    stats.loss,
+                    stats.train_accuracy,
+                    stats.eval_accuracy,
+                    stats.samples_per_s,
+                )
                 if self.progress:
                     self.progress({"trainer": "partitioned", "job_id": self.job_id, **stats.to_dict()})
                 epoch_started, loss_sum, correct, seen = time.perf_counter(), 0.0, 0, 0
