@@ -17,14 +17,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--backend", default="simulated", help="TEE backend: simulated, sgx-dcap, tdx, sev-snp")
     p.add_argument("--consortium", type=Path, required=True, help="consortium file (members, roles, keys)")
     p.add_argument("--device", default="cpu", help="where the BackNet trains: cpu, cuda, cuda:1, ...")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="CPU threads for the host's BackNet (default 1: the enclave holds the other core, and a plain run "
+        "reproduces the protected one bit for bit only at the same thread count)",
+    )
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
     import uvicorn
 
     from caltrain.service.app import create_app
 
+    torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     app = create_app(
         state_dir=args.state, consortium=Consortium.load(args.consortium), backend=args.backend, device=args.device
