@@ -31,9 +31,11 @@ def run(args: argparse.Namespace) -> int:
     import torch
     import uvicorn
 
+    from caltrain.enclave.allocator import keep_freed_memory
     from caltrain.service.app import create_app
 
     torch.set_num_threads(args.threads)
+    keep_freed_memory()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     app = create_app(
         state_dir=args.state, consortium=Consortium.load(args.consortium), backend=args.backend, device=args.device

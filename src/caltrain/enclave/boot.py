@@ -11,6 +11,7 @@ from caltrain.attestation.registry import make_collector
 from caltrain.crypto.hpke import HpkeKeyPair
 from caltrain.crypto.sealing import Sealer, derive_sealing_key
 from caltrain.crypto.signing import Identity
+from caltrain.enclave.allocator import keep_freed_memory
 from caltrain.enclave.manifest import CONFIG_FILE, EnclaveConfig, measure
 from caltrain.enclave.runtime import EnclaveContext
 from caltrain.errors import EnclaveError
@@ -20,6 +21,7 @@ IDENTITY_FILE = "identity.sealed"
 
 def boot(*, state_dir: Path, backend: str) -> EnclaveContext:
     torch.set_num_threads(1)
+    keep_freed_memory()
     config = EnclaveConfig.from_consortium_file(state_dir / CONFIG_FILE)
     measurement = measure(config)
     if backend != "simulated":

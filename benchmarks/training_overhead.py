@@ -1,0 +1,115 @@
+"""Step time of partitioned training (FrontNet in the enclave process) against plain training, in one run.
+
+28x28 CNN (fmnist-cnn), FrontNet = first conv block, batch 128, one thread per process (MACHINE-NOTES.md).
+Plain and partitioned steps are timed in alternating rounds so machine noise hits both alike; the ratio is
+of the medians. Fashion-MNIST is used when installed, else random 28x28 images (step time does not depend
+on pixel values). Last line: JSON with "step_time_ratio" and the per-step boundary cost in ms.
+
+    python benchmarks/training_overhead.py [--rounds 6] [--steps 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+sys.path[:0] = [str(Path(__file__).resolve().parents[1] / "src"), str(Path(__file__).resolve().parents[1])]
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from tests.helpers import make_people, pack, submission  # noqa: E402
+
+from caltrain.data.datasets import ArrayDataset, DatasetUnavailable, load_dataset  # noqa: E402
+from caltrain.enclave.allocator import keep_freed_memory  # noqa: E402
+from caltrain.enclave.host import EnclaveHost  # noqa: E402
+from caltrain.enclave.manifest import EnclaveConfig  # noqa: E402
+from caltrain.enclave.wire import DatasetInfo, DatasetList, ListDatasets  # noqa: E402
+from caltrain.training.config import TrainConfig  # noqa: E402
+from caltrain.training.core import build_split, loss_fn, make_optimizer, training_batch  # noqa: E402
+from caltrain.training.partitioned import PartitionedTrainer  # noqa: E402
+
+
+def data(records: int) -> tuple[ArrayDataset, str]:
+    try:
+        train, _ = load_dataset("fashion-mnist")
+        return train.subset(np.arange(records)), "fashion-mnist"
+    except DatasetUnavailable:
+        rng = np.random.default_rng(0)
+        x = rng.random((records, 1, 28, 28), dtype=np.float32)
+        return ArrayDataset(x, rng.integers(0, 10, records).astype(np.int64), "random-28x28", 10), "random-28x28"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--steps", type=int, default=8, help="steps per round and trainer")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    keep_freed_memory()  # same allocator settings as the enclave process, so the baseline is not handicapped
+    total = args.rounds * args.steps
+    config = TrainConfig(model="fmnist-cnn", frontnet_layers=1, batch_size=128, epochs=1, seed=0, augment=True)
+    dataset, source = data(128 * (total + 2))
+    people = make_people()
+    with tempfile.TemporaryDirectory() as tmp, EnclaveHost(
+        state_dir=Path(tmp) / "state", config=EnclaveConfig(people.consortium)
+    ) as host:
+        packed = pack(dataset, people.alice, "alice", "bench", chunk_bytes=1 << 20)
+        host.call(submission(packed, people.alice, host.keys), DatasetInfo)
+        config = config.model_copy(update={"datasets": ["bench"]})
+        trainer = PartitionedTrainer(host, config, job_id="bench", workdir=Path(tmp) / "w")
+        trainer.start()
+        model, _ = build_split(config)
+        optimizer = make_optimizer(list(model.parameters()), config)
+        x, y = torch.from_numpy(dataset.x), torch.from_numpy(dataset.y)
+
+        def plain_step(step: int) -> None:
+            xb, yb = training_batch(x, y, config, step)
+            loss = loss_fn(model(xb), yb)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
+        plain_times, part_times, call_times = [], [], []
+        plain_step(0)  # warm-up outside the measurement (allocator, kernels)
+        step = 0
+        for r in range(args.rounds):
+            for _ in range(args.steps):
+                t = time.perf_counter()
+                plain_step(step + 1)
+                plain_times.append(time.perf_counter() - t)
+                t = time.perf_counter()
+                trainer.step(step)
+                part_times.append(time.perf_counter() - t)
+                step += 1
+                t = time.perf_counter()
+                host.call(ListDatasets(), DatasetList)
+                call_times.append(time.perf_counter() - t)
+            print(f"round {r + 1}: plain {statistics.median(plain_times[-args.steps:]) * 1e3:.1f} ms/step, "
+                  f"partitioned {statistics.median(part_times[-args.steps:]) * 1e3:.1f} ms/step", flush=True)
+        trainer.close()
+    plain_ms, part_ms = statistics.median(plain_times) * 1e3, statistics.median(part_times) * 1e3
+    result = {
+        "benchmark": "training_overhead",
+        "data": source,
+        "model": config.model,
+        "frontnet_layers": config.frontnet_layers,
+        "batch_size": config.batch_size,
+        "steps_each": len(plain_times),
+        "plain_step_ms_median": round(plain_ms, 2),
+        "partitioned_step_ms_median": round(part_ms, 2),
+        "step_time_ratio": round(part_ms / plain_ms, 4),
+        "boundary_ms_per_step": round(part_ms - plain_ms, 2),
+        "empty_call_roundtrip_ms_median": round(statistics.median(call_times) * 1e3, 3),
+    }
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
