@@ -26,7 +26,7 @@ class ContainerFormatError(CryptoError):
 
 
 class ContainerMismatch(CryptoError):
-    """A container is well formed but belongs elsewhere (other dataset, other participant, other commitment)."""
+    """A container is well formed but belongs elsewhere (other dataset, participant or commitment)."""
 
 
 class ProofError(CryptoError):

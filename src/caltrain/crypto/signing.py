@@ -71,4 +71,5 @@ def verify_signature(public_key: bytes, message: bytes, signature: bytes, *, wha
     try:
         Ed25519PublicKey.from_public_bytes(public_key).verify(signature, message)
     except InvalidSignature:
-        raise BadSignature(f"signature on {what} does not verify under key {public_key.hex()[:16]}…") from None
+        key = public_key.hex()[:16]
+        raise BadSignature(f"signature on {what} does not verify under key {key}…") from None
