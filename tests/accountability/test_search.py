@@ -1,0 +1,34 @@
+"""Exactness of the per-label faiss search against a numpy brute force."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from caltrain.accountability.fingerprints import l2_normalize
+from caltrain.accountability.search import FingerprintIndex
+
+
+@pytest.mark.parametrize("metric", ["ip", "l2"])
+def test_matches_brute_force(metric: str) -> None:
+    rng = np.random.default_rng(0)
+    x = l2_normalize(rng.standard_normal((5000, 32)).astype(np.float32))
+    y = rng.integers(0, 7, len(x))
+    q = l2_normalize(rng.standard_normal((25, 32)).astype(np.float32))
+    ql = rng.integers(0, 7, len(q))
+    index = FingerprintIndex(x, y, metric=metric)  # type: ignore[arg-type]
+    for labels in (ql, None):
+        dist, pos = index.search(q, 10, labels)
+        for i in range(len(q)):
+            keep = np.flatnonzero(y == ql[i]) if labels is not None else np.arange(len(x))
+            d2 = ((x[keep] - q[i]) ** 2).sum(axis=1)
+            expected = keep[np.argsort(d2)[:10]]  # unit vectors: L2 order == cosine order
+            np.testing.assert_array_equal(pos[i], expected)
+            want = np.sqrt(d2[np.argsort(d2)[:10]]) if metric == "l2" else 1 - x[expected] @ q[i]
+            np.testing.assert_allclose(dist[i], want, atol=1e-5)
+
+
+def test_pads_when_label_has_few_records() -> None:
+    x = l2_normalize(np.eye(4, dtype=np.float32))
+    dist, pos = FingerprintIndex(x, np.array([0, 0, 1, 1])).search(x[:1], 3, 1)
+    assert sorted(pos[0][:2]) == [2, 3] and pos[0][2] == -1 and np.isinf(dist[0, 2])
