@@ -14,26 +14,70 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
 import torch
+from sklearn.metrics import roc_auc_score
 
+from caltrain.accountability.attacks import FLIP_PAIRS, badnets_trigger
 from caltrain.attestation import Policy
+from caltrain.cli.trace import verify_own_records
 from caltrain.data.datasets import ArrayDataset, DatasetUnavailable, load_dataset, split_among
 from caltrain.enclave.consortium import Consortium, Member, Role
 from caltrain.enclave.manifest import EnclaveConfig, measure
 from caltrain.errors import CaltrainError
-from caltrain.models import spec_for_dataset
+from caltrain.models import build_model, spec_for_dataset
 from caltrain.service.client import CaltrainClient, draft_policy
 from caltrain.service.participant import ParticipantHome
 from caltrain.training.config import TrainConfig
 from caltrain.training.plain import train_plain
 
-PARTICIPANTS = ("hospital-a", "hospital-b", "lab-c")
+PARTICIPANTS = ("hospital-a", "hospital-b", "lab-c", "clinic-d")
 AUDITOR = "auditor"
+BACKDOOR = "lab-c"  # plants a BadNets backdoor: trigger patch + relabel to TARGET
+FLIPPER = "clinic-d"  # a sloppy participant: relabels FLIP_FROM as FLIP_TO
+TARGET, POISON_PER_CLASS = 0, 5
+FLIP_FROM, FLIP_TO = FLIP_PAIRS["digits"]
+
+
+@dataclass(frozen=True)
+class Shares:
+    """Every participant's (possibly poisoned) share and which of its records the demo poisoned."""
+
+    data: dict[str, ArrayDataset]
+    poisoned: dict[str, np.ndarray]
+
+    def merged(self) -> ArrayDataset:
+        parts = [self.data[n] for n in PARTICIPANTS]
+        return ArrayDataset(
+            np.concatenate([p.x for p in parts]),
+            np.concatenate([p.y for p in parts]),
+            parts[0].name,
+            parts[0].num_classes,
+        )
+
+
+def poisoned_shares(train: ArrayDataset, seed: int) -> Shares:
+    """Deal the data out; the backdoor participant triggers and relabels a few images of every other class,
+    the sloppy one relabels all its FLIP_FROM images as FLIP_TO."""
+    rng = np.random.default_rng(seed)
+    data, poisoned = {}, {}
+    for name, share in zip(PARTICIPANTS, split_among(train, len(PARTICIPANTS), seed=seed), strict=True):
+        x, y, mask = share.x.copy(), share.y.copy(), np.zeros(len(share), dtype=bool)
+        if name == BACKDOOR:
+            for c in range(share.num_classes):
+                if c != TARGET:
+                    mask[rng.permutation(np.flatnonzero(y == c))[:POISON_PER_CLASS]] = True
+            x[mask], y[mask] = badnets_trigger(x[mask]), TARGET
+        elif name == FLIPPER:
+            mask = y == FLIP_FROM
+            y[mask] = FLIP_TO
+        data[name], poisoned[name] = ArrayDataset(x, y, share.name, share.num_classes), mask
+    return Shares(data, poisoned)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -121,7 +165,7 @@ def run(args: argparse.Namespace) -> int:
     say("caltrain demo — SIMULATED TEE: the enclave is an ordinary process here (no hardware protection)")
 
     train, test = demo_data(args.dataset, args.records, args.seed)
-    shares = split_among(train, len(PARTICIPANTS), seed=args.seed)
+    shares = poisoned_shares(train, args.seed)
     homes = {n: ParticipantHome.init(out / "participants" / n, n) for n in (*PARTICIPANTS, AUDITOR)}
     consortium = Consortium(
         tuple(
@@ -134,27 +178,32 @@ def run(args: argparse.Namespace) -> int:
 
     containers: dict[str, Path] = {}
     participants: list[dict[str, Any]] = []
-    for name, share in zip(PARTICIPANTS, shares, strict=True):
+    for name in PARTICIPANTS:
         containers[name] = out / "participants" / name / "train.ctd"
-        receipt = homes[name].pack(share, containers[name], dataset_id=f"{name}-train")
+        receipt = homes[name].pack(shares.data[name], containers[name], dataset_id=f"{name}-train")
+        role = {BACKDOOR: "malicious: BadNets backdoor", FLIPPER: "malicious: label flips"}.get(name, "honest")
         participants.append(
             {
                 "name": name,
                 "dataset_id": receipt.dataset_id,
                 "records": receipt.record_count,
                 "merkle_root": receipt.merkle_root.hex(),
+                "role": role,
+                "poisoned_records": int(shares.poisoned[name].sum()),
             }
         )
     eval_path = out / "participants" / PARTICIPANTS[0] / "eval.ctd"
     homes[PARTICIPANTS[0]].pack(test, eval_path, dataset_id="heldout-eval")
     say(
         f"2. each participant packed its share ({', '.join(str(p['records']) for p in participants)} records), "
-        f"encrypted with AES-256-GCM and signed"
+        f"encrypted with AES-256-GCM and signed; {BACKDOOR} hid a BadNets backdoor "
+        f"({int(shares.poisoned[BACKDOOR].sum())} triggered images relabelled {TARGET}), {FLIPPER} relabelled its "
+        f"{int(shares.poisoned[FLIPPER].sum())} '{FLIP_FROM}'s as '{FLIP_TO}'"
     )
 
     server = LoopbackServer(out / "server-state", out / "consortium.json", out / "server.log")
     try:
-        report = _protocol(args, out, server, homes, containers, eval_path, participants, train, test, epochs)
+        report = _protocol(args, out, server, homes, containers, eval_path, participants, shares, test, epochs)
     finally:
         server.stop()
     report["seconds"] = round(time.perf_counter() - started, 1)
@@ -171,7 +220,7 @@ def _protocol(
     containers: dict[str, Path],
     eval_path: Path,
     participants: list[dict[str, Any]],
-    train: ArrayDataset,
+    shares: Shares,
     test: ArrayDataset,
     epochs: int,
 ) -> dict[str, Any]:
@@ -194,6 +243,7 @@ def _protocol(
                     path.read_bytes(), homes[name].data_key(dataset_id), Policy.load(out / "policy.json")
                 )
                 assert result["merkle_root"] == homes[name].receipt(dataset_id).merkle_root.hex()
+                homes[name].remember_enclave(dataset_id, result["enclave"])
     say(
         "4. every participant attested the enclave (fresh nonce, policy), wrapped its data key to the enclave "
         "key with HPKE and uploaded; the enclave verified and ingested all containers"
@@ -218,13 +268,7 @@ def _protocol(
             f"5. training {spec.name} partitioned (FrontNet = first {config.frontnet_layers} blocks in the enclave, "
             f"{epochs} epochs) and plainly, side by side"
         )
-        plain_train = ArrayDataset(
-            np.concatenate([s.x for s in split_among(train, len(PARTICIPANTS), seed=args.seed)]),
-            np.concatenate([s.y for s in split_among(train, len(PARTICIPANTS), seed=args.seed)]),
-            train.name,
-            train.num_classes,
-        )
-        plain_model, plain = train_plain(config, plain_train, test)
+        plain_model, plain = train_plain(config, shares.merged(), test)
         done = client.wait_job(job["job_id"])
         front = client.export_frontnet(job["job_id"])
         back = client.backnet(job["job_id"])
@@ -234,6 +278,9 @@ def _protocol(
         torch.equal(protected[k], plain_state[k]) for k in plain_state
     )
     max_diff = max(float((protected[k] - plain_state[k]).abs().max()) for k in plain_state)
+    model = build_model(spec.name)
+    model.load_state_dict(protected)
+    accountability = _accountability(server.url, out, homes, containers, job["job_id"], model, shares, test)
     return {
         "seed": args.seed,
         "dataset": args.dataset,
@@ -253,6 +300,105 @@ def _protocol(
             "protected_samples_per_s": done["progress"][-1]["samples_per_s"],
             "plain_samples_per_s": plain.epochs[-1].samples_per_s,
         },
+        "accountability": accountability,
+    }
+
+
+def _predict(model: torch.nn.Module, x: np.ndarray) -> np.ndarray:
+    model.eval()
+    with torch.no_grad():
+        return model(torch.from_numpy(x)).argmax(1).numpy()
+
+
+def _accountability(
+    url: str,
+    out: Path,
+    homes: dict[str, ParticipantHome],
+    containers: dict[str, Path],
+    job_id: str,
+    model: torch.nn.Module,
+    shares: Shares,
+    test: ArrayDataset,
+) -> dict[str, Any]:
+    """The auditor traces the backdoor's and the flips' mispredictions through the enclave and names who."""
+    policy = Policy.load(out / "policy.json")
+    triggered = badnets_trigger(test.x[test.y != TARGET])
+    hits = _predict(model, triggered) == TARGET
+    flipped_in = test.x[test.y == FLIP_FROM]
+    flip_hits = _predict(model, flipped_in) == FLIP_TO
+    poisoned = {f"{n}-train/{i}" for n in PARTICIPANTS for i in np.flatnonzero(shares.poisoned[n])}
+    say(
+        f"6. the backdoor works: {hits.mean():.0%} of triggered test images are classified as {TARGET}; "
+        f"{flip_hits.mean():.0%} of test '{FLIP_FROM}'s come out as '{FLIP_TO}'"
+    )
+
+    auditor = homes[AUDITOR]
+    with CaltrainClient(url, identity=auditor.identity, name=auditor.name) as client:
+        backdoor = client.trace(
+            job_id, triggered[hits][:50], policy, predicted=np.full(min(50, int(hits.sum())), TARGET), k=10
+        )
+        seed = client.trace(
+            job_id,
+            triggered[hits][:50],
+            policy,
+            predicted=np.full(min(50, int(hits.sum())), TARGET),
+            k=10,
+            method="caltrain-knn",
+        )
+        flips = (
+            client.trace(
+                job_id,
+                flipped_in[flip_hits][:50],
+                policy,
+                predicted=np.full(min(50, int(flip_hits.sum())), FLIP_TO),
+                k=10,
+            )
+            if flip_hits.any()
+            else None
+        )
+        ranking = client.suspicion(job_id)["ranking"]
+    (out / "trace-backdoor.json").write_text(json.dumps(backdoor, indent=2))
+
+    def precision(report: dict[str, Any]) -> float:
+        answers = report["answers"]
+        return float(np.mean([np.mean([r["record"]["record_id"] in poisoned for r in a["records"]]) for a in answers]))
+
+    truth = np.array([r["record_id"] in poisoned for r in ranking])
+    auroc = float(roc_auc_score(truth, [r["score"] for r in ranking]))
+    named = backdoor["contributors"][0]["contributor"] if backdoor["contributors"] else None
+    named_flip = flips["contributors"][0]["contributor"] if flips and flips["contributors"] else None
+    verified = verify_own_records(homes[BACKDOOR], backdoor, [containers[BACKDOOR]])
+    say(
+        f"7. auditor traced {len(backdoor['answers'])} triggered mispredictions inside the enclave: "
+        f"precision@10 {precision(backdoor):.2f} (paper's kNN: {precision(seed):.2f}); most blamed: {named}"
+        + (f"; the flips' mispredictions point at {named_flip}" if flips else "")
+    )
+    say(
+        f"   every answer carries a Merkle proof against the enclave-signed log; {BACKDOOR} itself checked the "
+        f"{verified} proofs naming it against its own upload receipt. Dataset-level AUROC {auroc:.3f}"
+    )
+    return {
+        "method": backdoor["method"],
+        "precision_at_10": precision(backdoor),
+        "contributor_top1_correct": named == BACKDOOR,
+        "auroc": auroc,
+        "queries": len(backdoor["answers"]),
+        "attack_success_rate": float(hits.mean()),
+        "seed_method": {
+            "method": seed["method"],
+            "precision_at_10": precision(seed),
+            "contributor_top1": seed["contributors"][0]["contributor"] if seed["contributors"] else None,
+        },
+        "label_flip": None
+        if flips is None
+        else {
+            "queries": len(flips["answers"]),
+            "contributor_top1": named_flip,
+            "contributor_top1_correct": named_flip == FLIPPER,
+            "attributed": sum(a["responsible"] for a in flips["answers"]),
+        },
+        "proofs_verified_by_participant": verified,
+        "blame": backdoor["contributors"],
     }
 
 
@@ -266,5 +412,10 @@ def _summary(report: dict[str, Any], out: Path) -> None:
     )
     say(f"accuracy  plain {t['accuracy_plain']:.4f}   protected {t['accuracy_protected']:.4f}")
     say(f"weights identical (FrontNet from the enclave + BackNet from the host vs plain): {t['weights_identical']}")
+    a = report["accountability"]
+    say(
+        f"backdoor traced to {a['blame'][0]['contributor'] if a['blame'] else 'nobody'} "
+        f"(correct: {a['contributor_top1_correct']}), precision@10 {a['precision_at_10']:.2f}, AUROC {a['auroc']:.3f}"
+    )
     say(f"report -> {out / 'report.json'}")
     say("=" * 72)

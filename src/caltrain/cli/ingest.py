@@ -105,6 +105,7 @@ def submit_cmd(args: argparse.Namespace) -> int:
     with CaltrainClient(args.server, identity=home.identity, name=home.name) as client:
         result = client.submit(container, home.data_key(header.dataset_id), Policy.load(args.policy))
     ok = result["merkle_root"] == receipt.merkle_root.hex() and result["record_count"] == receipt.record_count
+    home.remember_enclave(receipt.dataset_id, result["enclave"])
     mine = {
         "dataset_id": receipt.dataset_id,
         "participant": receipt.participant_id,

@@ -40,3 +40,8 @@ def submission_digest(container: bytes, wrapped_key: bytes, enclave_keys: Enclav
 def export_info(job_id: str) -> bytes:
     """HPKE context of an exported FrontNet: it opens only as the export of this job."""
     return tagged_hash("caltrain/export-frontnet/v1", job_id.encode())
+
+
+def trace_info(job_id: str) -> bytes:
+    """HPKE context of a forensic query's inputs: they open only as a query against this job."""
+    return tagged_hash("caltrain/trace-query/v1", job_id.encode())

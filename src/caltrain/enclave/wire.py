@@ -180,7 +180,11 @@ class BackwardOut(Message):
 
 @message
 class TrainEnd(Message):
+    """Training is over: the host hands the enclave the final BackNet (public to the host anyway), so the
+    enclave holds the whole model for fingerprints, forensic queries and deployment."""
+
     job_id: str
+    backnet: bytes
 
 
 @message
@@ -202,6 +206,46 @@ class ExportFrontNet(Message):
 class Exported(Message):
     ciphertext: bytes
     front_digest: str
+
+
+# --- accountability ------------------------------------------------------------------------------------
+
+
+@message
+class BuildLinkage(Message):
+    """Fingerprint every training instance of a finished job and commit the linkage log (signed, sealed)."""
+
+    job_id: str
+
+
+@message
+class LinkageBuilt(Message):
+    statement: dict[str, Any]
+    records: int
+    seconds: float
+
+
+@message
+class TraceQuery(Message):
+    """Forensic query: `ciphertext` is HPKE to the enclave key of an .npz with `x` (and optional `predicted`)."""
+
+    job_id: str
+    ciphertext: bytes
+    k: int
+    method: str
+
+
+@message
+class SuspicionQuery(Message):
+    """Dataset-level detection: every training instance's suspicion score (no misprediction needed)."""
+
+    job_id: str
+    method: str
+
+
+@message
+class ForensicReply(Message):
+    report: dict[str, Any]
 
 
 # --- codec -----------------------------------------------------------------------------------------------

@@ -25,14 +25,14 @@ from caltrain.errors import (
     ServiceError,
     Unauthenticated,
 )
-from caltrain.service import ingestion, training
+from caltrain.service import forensics, ingestion, training
 from caltrain.service.auth import RequestAuthenticator
 from caltrain.service.jobs import JobBusy, JobManager, UnknownJob
 from caltrain.service.state import ServerState
 
 log = logging.getLogger("caltrain.server")
 
-ROUTERS = (ingestion.router, training.router)
+ROUTERS = (ingestion.router, training.router, forensics.router)
 
 
 def status_code(exc: CaltrainError) -> int:

@@ -11,19 +11,21 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
+import numpy as np
 import torch
 
 import caltrain.attestation.errors
 import caltrain.crypto.errors
 import caltrain.enclave.consortium
 import caltrain.enclave.errors  # noqa: F401  (error classes the server may name)
+from caltrain.accountability.linkage import LinkageProof, verify_linkage_proof
 from caltrain.attestation import Evidence, Policy, VerifiedEnclave, Verifier
 from caltrain.attestation.backends.simulated import parse_quote
 from caltrain.attestation.policy import SimulatedPolicy
 from caltrain.crypto.container import read_header
-from caltrain.crypto.hpke import HpkeKeyPair, wrap_key
+from caltrain.crypto.hpke import HpkeKeyPair, seal_to, wrap_key
 from caltrain.crypto.signing import Identity
-from caltrain.enclave.protocol import EnclaveKeys, export_info, submission_digest, wrap_context
+from caltrain.enclave.protocol import EnclaveKeys, export_info, submission_digest, trace_info, wrap_context
 from caltrain.errors import CaltrainError, ServiceError, TrainingError, error_class
 from caltrain.service.auth import sign_request
 from caltrain.training.config import TrainConfig
@@ -109,6 +111,8 @@ class CaltrainClient:
             "content-type": "application/octet-stream",
         }
         result: dict[str, Any] = self.request("POST", "/v1/datasets", body=container, headers=headers)
+        # The attested enclave identity, kept by the participant to check linkage proofs offline later.
+        result["enclave"] = {"signing_key": enclave.keys.signing.hex(), "measurement": enclave.verified.measurement}
         return result
 
     def start_job(self, config: TrainConfig) -> dict[str, Any]:
@@ -158,6 +162,36 @@ class CaltrainClient:
         raw = recipient.open(base64.b64decode(out["ciphertext"]), export_info(job_id))
         state: dict[str, torch.Tensor] = torch.load(io.BytesIO(raw), weights_only=True)
         return state
+
+    def trace(
+        self,
+        job_id: str,
+        x: np.ndarray,
+        policy: Policy,
+        *,
+        predicted: np.ndarray | None = None,
+        k: int = 10,
+        method: str = "ours",
+    ) -> dict[str, Any]:
+        """Attest, encrypt the mispredicted inputs to the enclave, ask who is responsible, check every proof."""
+        enclave = self.attest(Verifier(policy))
+        buf = io.BytesIO()
+        if predicted is None:
+            np.savez(buf, x=np.asarray(x, dtype=np.float32))
+        else:
+            np.savez(buf, x=np.asarray(x, dtype=np.float32), predicted=np.asarray(predicted, dtype=np.int64))
+        ciphertext = seal_to(enclave.keys.hpke, buf.getvalue(), trace_info(job_id))
+        body = json.dumps({"ciphertext": base64.b64encode(ciphertext).decode(), "k": k, "method": method}).encode()
+        report: dict[str, Any] = self.request("POST", f"/v1/jobs/{job_id}/trace", body=body, signed=True)
+        measurement = bytes.fromhex(enclave.verified.measurement)
+        for answer in report["answers"]:
+            for record in answer["records"]:
+                verify_linkage_proof(LinkageProof.from_dict(record), enclave.keys.signing, measurement=measurement)
+        return report
+
+    def suspicion(self, job_id: str, *, method: str = "ours") -> dict[str, Any]:
+        result: dict[str, Any] = self.request("POST", f"/v1/jobs/{job_id}/suspicion?method={method}", signed=True)
+        return result
 
     def status(self) -> dict[str, Any]:
         result: dict[str, Any] = self.request("GET", "/v1/status")

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from caltrain.enclave.host import EnclaveHost
+from caltrain.enclave.wire import BuildLinkage, LinkageBuilt
 from caltrain.errors import CaltrainError, ServiceError
 from caltrain.training.config import TrainConfig
 from caltrain.training.partitioned import PartitionedTrainer
@@ -38,6 +39,7 @@ class JobRecord:
     progress: list[dict[str, Any]] = field(default_factory=list)
     error: str | None = None
     front_digest: str | None = None
+    linkage: dict[str, Any] | None = None  # the enclave-signed statement over the linkage log
     started_at: float = field(default_factory=time.time)
     finished_at: float | None = None
 
@@ -50,6 +52,7 @@ class JobRecord:
             "progress": self.progress,
             "error": self.error,
             "front_digest": self.front_digest,
+            "linkage": self.linkage,
             "started_at": self.started_at,
             "finished_at": self.finished_at,
         }
@@ -101,6 +104,9 @@ class JobManager:
             torch.save(trainer.back.state_dict(), self.backnet_path(job.job_id))
             (workdir / "report.json").write_text(json.dumps(report.to_dict(), indent=2))
             job.front_digest = report.front_digest
+            built = self._enclave.call(BuildLinkage(job_id=job.job_id), LinkageBuilt)
+            job.linkage = {"records": built.records, "seconds": built.seconds, "statement": built.statement}
+            log.info("job %s: linkage log of %d records signed in %.1f s", job.job_id, built.records, built.seconds)
             job.state = "done"
             log.info("job %s done: final eval accuracy %s", job.job_id, report.final_accuracy)
         except CaltrainError as exc:

@@ -71,6 +71,17 @@ class ParticipantHome:
         (self.root / "receipts" / f"{dataset_id}.json").write_text(receipt.to_json())
         return receipt
 
+    def remember_enclave(self, dataset_id: str, enclave: dict[str, str]) -> None:
+        """Keep the identity of the enclave this dataset was attested to: later proofs must be signed by it."""
+        (self.root / "receipts" / f"{dataset_id}.enclave.json").write_text(json.dumps(enclave, sort_keys=True))
+
+    def enclave_for(self, dataset_id: str) -> dict[str, str]:
+        try:
+            data: dict[str, str] = json.loads((self.root / "receipts" / f"{dataset_id}.enclave.json").read_text())
+        except OSError:
+            raise HomeError(f"no attested enclave recorded for dataset {dataset_id!r}: was it submitted?") from None
+        return data
+
     def data_key(self, dataset_id: str) -> bytes:
         try:
             return (self.root / "keys" / f"{dataset_id}.key").read_bytes()

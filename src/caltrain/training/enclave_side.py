@@ -34,7 +34,7 @@ from caltrain.enclave.wire import (
     TrainResult,
     TrainStart,
 )
-from caltrain.errors import DataError
+from caltrain.errors import DataError, TrainingError
 from caltrain.models import Partition
 from caltrain.training.config import TrainConfig
 from caltrain.training.core import (
@@ -66,12 +66,13 @@ def stack_datasets(parts: list[IngestedDataset]) -> tuple[torch.Tensor, torch.Te
 class Job:
     job_id: str
     config: TrainConfig
+    sources: list[IngestedDataset]  # training datasets in data order: where every record came from
     x: torch.Tensor
     y: torch.Tensor
     eval_x: torch.Tensor
     eval_y: torch.Tensor
     part: Partition
-    model: torch.nn.Module
+    model: torch.nn.Sequential
     optimizer: torch.optim.Optimizer
     ir: SharedTensor
     grad: SharedTensor
@@ -90,6 +91,14 @@ class Job:
     @property
     def counter_name(self) -> str:
         return "ckpt-" + tagged_hash("caltrain/job", self.job_id.encode()).hex()[:16]
+
+
+def finished_job(ctx: EnclaveContext, job_id: str) -> Job:
+    """A job whose training ended: the enclave holds its whole model (FrontNet + the host's final BackNet)."""
+    job = ctx.extensions.get("models", {}).get(job_id)
+    if not isinstance(job, Job):
+        raise NoActiveJob(f"no finished job {job_id!r}")
+    return job
 
 
 def _job(ctx: EnclaveContext, job_id: str | None = None) -> Job:
@@ -163,7 +172,8 @@ def start(ctx: EnclaveContext, req: TrainStart) -> TrainReady:
     train_ids = list(config.datasets) or [i for i in store.datasets if i not in eval_ids]
     if not train_ids:
         raise DataError("no training datasets have been ingested")
-    x, y = stack_datasets([store.get(i) for i in train_ids])
+    sources = [store.get(i) for i in train_ids]
+    x, y = stack_datasets(sources)
     if eval_ids:
         eval_x, eval_y = stack_datasets([store.get(i) for i in eval_ids])
     else:
@@ -174,6 +184,7 @@ def start(ctx: EnclaveContext, req: TrainStart) -> TrainReady:
     job = Job(
         job_id=req.job_id,
         config=config,
+        sources=sources,
         x=x,
         y=y,
         eval_x=eval_x,
@@ -250,6 +261,11 @@ def end(ctx: EnclaveContext, req: TrainEnd) -> TrainResult:
     job = _job(ctx, req.job_id)
     if job.next_step != job.total_steps:
         raise StepOutOfOrder(f"job {job.job_id} ran {job.next_step} of {job.total_steps} steps")
+    try:
+        job.part.back.load_state_dict(torch.load(io.BytesIO(req.backnet), weights_only=True), strict=True)
+    except (RuntimeError, ValueError, KeyError, EOFError, OSError) as exc:
+        raise TrainingError(f"the BackNet sent for job {job.job_id} does not fit the model: {exc}") from None
+    job.model.eval()
     models = ctx.extensions.setdefault("models", {})
     models[job.job_id] = job
     return TrainResult(job_id=job.job_id, steps=job.next_step, front_digest=state_digest(job.part.front))
@@ -257,9 +273,7 @@ def end(ctx: EnclaveContext, req: TrainEnd) -> TrainResult:
 
 @ecall(ExportFrontNet)
 def export(ctx: EnclaveContext, req: ExportFrontNet) -> Exported:
-    job = ctx.extensions.get("models", {}).get(req.job_id)
-    if not isinstance(job, Job):
-        raise NoActiveJob(f"no finished job {req.job_id!r} to export")
+    job = finished_job(ctx, req.job_id)
     buf = io.BytesIO()
     torch.save(job.part.front.state_dict(), buf)
     ciphertext = seal_to(req.recipient_key, buf.getvalue(), export_info(req.job_id))

@@ -6,6 +6,7 @@ the loss and its backward, writes dL/dIR back and lets the enclave update the Fr
 
 from __future__ import annotations
 
+import io
 import logging
 import time
 from pathlib import Path
@@ -177,7 +178,9 @@ class PartitionedTrainer:
                 if self.progress:
                     self.progress({"trainer": "partitioned", "job_id": self.job_id, **stats.to_dict()})
                 epoch_started, loss_sum, correct, seen = time.perf_counter(), 0.0, 0, 0
-        result = self._call(TrainEnd(job_id=self.job_id), TrainResult)
+        backnet = io.BytesIO()
+        torch.save({k: v.cpu() for k, v in self.back.state_dict().items()}, backnet)
+        result = self._call(TrainEnd(job_id=self.job_id, backnet=backnet.getvalue()), TrainResult)
         report.front_digest = result.front_digest
         report.model_digest = ""  # the whole model exists only where FrontNet and BackNet meet: the enclave
         self.back_digest = state_digest(self.back)

@@ -1,0 +1,126 @@
+"""`caltrain trace` (auditor) and `caltrain proofs verify` (participant): forensic accountability."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from caltrain.accountability.linkage import LinkageProof, verify_linkage_proof
+from caltrain.attestation import Policy
+from caltrain.crypto.container import open_container, read_header
+from caltrain.crypto.merkle import MerkleTree
+from caltrain.data.datasets import as_images
+from caltrain.errors import DataError
+from caltrain.service.client import CaltrainClient
+from caltrain.service.participant import ParticipantHome
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("trace", help="auditor: which training instances and contributors caused these mispredictions")
+    p.add_argument("--server", required=True)
+    p.add_argument("--home", type=Path, required=True, help="the auditor's home (signs the request)")
+    p.add_argument("--policy", type=Path, required=True, help="attestation policy: inputs go to a verified enclave")
+    p.add_argument("--job", required=True, help="training job whose model mispredicted")
+    p.add_argument("--input", type=Path, required=True, help=".npz with x (images) and optionally predicted")
+    p.add_argument("--predicted", type=int, help="the label the model predicted (for every input)")
+    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--method", default="ours", help="ours (default), caltrain-knn (the paper's), or a baseline")
+    p.add_argument("--out", type=Path, default=Path("trace.json"))
+    p.set_defaults(func=trace)
+
+    v = sub.add_parser("proofs", help="participant: verify answers' proofs about your own records, offline")
+    vsub = v.add_subparsers(dest="action", required=True)
+    check = vsub.add_parser("verify", help="check every record of yours in a trace report against your receipts")
+    check.add_argument("--home", type=Path, required=True)
+    check.add_argument("--trace", type=Path, required=True, help="trace.json written by `caltrain trace`")
+    check.add_argument(
+        "--container",
+        type=Path,
+        action="append",
+        required=True,
+        help="your container(s) (.ctd); opened with your key to rebuild your receipt proofs",
+    )
+    check.set_defaults(func=verify_proofs)
+
+
+def _load_inputs(path: Path, predicted: int | None) -> tuple[np.ndarray, np.ndarray | None]:
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            x = as_images(data["x"])
+            labels = np.asarray(data["predicted"], dtype=np.int64) if "predicted" in data else None
+    except (OSError, ValueError, KeyError) as exc:
+        raise DataError(f"{path}: expected an .npz with array 'x' (and optional 'predicted'): {exc}") from None
+    if predicted is not None:
+        labels = np.full(len(x), predicted, dtype=np.int64)
+    return x, labels
+
+
+def _print_report(report: dict[str, Any]) -> None:
+    attributed = [a for a in report["answers"] if a["responsible"]]
+    print(
+        f"method {report['method']}: {len(report['answers'])} mispredictions traced, {len(attributed)} attributed, "
+        f"{len(report['answers']) - len(attributed)} 'no responsible training data found'"
+    )
+    for i, answer in enumerate(report["answers"][:5]):
+        top = [(r["record"]["contributor"], r["record"]["record_id"]) for r in answer["records"][:3]]
+        print(
+            f"  query {i}: predicted {answer['predicted']} -> {answer['verdict']} "
+            f"(confidence {answer['confidence']:.2f}); top records {top}"
+        )
+    print("contributors by blame:")
+    for row in report["contributors"][:5]:
+        print(f"  {row['contributor']:<20} {row['blame']:.3f}")
+
+
+def trace(args: argparse.Namespace) -> int:
+    home = ParticipantHome.load(args.home)
+    x, predicted = _load_inputs(args.input, args.predicted)
+    with CaltrainClient(args.server, identity=home.identity, name=home.name) as client:
+        report = client.trace(args.job, x, Policy.load(args.policy), predicted=predicted, k=args.k, method=args.method)
+    args.out.write_text(json.dumps(report, indent=2))
+    _print_report(report)
+    print(f"every proof verified against the enclave-signed log root; report -> {args.out}")
+    return 0
+
+
+def verify_proofs(args: argparse.Namespace) -> int:
+    home = ParticipantHome.load(args.home)
+    checked = verify_own_records(home, json.loads(args.trace.read_text()), args.container)
+    print(
+        f"{checked} answer records naming {home.name} verified: each is in the enclave-signed log and is an "
+        "instance you committed to at upload"
+    )
+    return 0
+
+
+def verify_own_records(home: ParticipantHome, report: dict[str, Any], containers: list[Path]) -> int:
+    """Rebuild the Merkle proofs of this participant's own records and check every answer that names them
+    against the enclave attested at submission and the participant's own commitments; returns how many."""
+    trees: dict[str, tuple[bytes, MerkleTree]] = {}
+    for path in containers:
+        blob = path.read_bytes()
+        header, _ = read_header(blob)
+        opened = open_container(blob, home.data_key(header.dataset_id), participant_key=home.identity.public_key)
+        trees[header.dataset_id] = (header.merkle_root, MerkleTree(list(opened.record_hashes)))
+    checked = 0
+    for answer in report["answers"]:
+        for entry in answer["records"]:
+            proof = LinkageProof.from_dict(entry)
+            if proof.record.contributor != home.name:
+                continue
+            root, tree = trees[proof.record.dataset_id]
+            enclave = home.enclave_for(proof.record.dataset_id)  # attested when this dataset was submitted
+            verify_linkage_proof(
+                proof,
+                bytes.fromhex(enclave["signing_key"]),
+                measurement=bytes.fromhex(enclave["measurement"]),
+                contributor=home.name,
+                receipt_root=root,
+                receipt_proof=tree.proof(proof.record.dataset_index),
+            )
+            checked += 1
+    return checked
