@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import MEASUREMENT
 
 from caltrain.accountability.attacks import Scenario, make_scenario
 from caltrain.accountability.attribution import TrainingSet, get_method, rank_contributors
@@ -15,6 +14,7 @@ from caltrain.accountability.linkage import LinkageLog, verify_linkage_proof
 from caltrain.accountability.tracing import Tracer
 from caltrain.crypto.signing import Identity
 from caltrain.data.datasets import load_dataset
+from conftest import MEASUREMENT
 
 
 @pytest.fixture(scope="module")
