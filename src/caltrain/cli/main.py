@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from caltrain.errors import CaltrainError
 
 # Each module defines `register(subparsers)`, which adds its commands and sets `func(args) -> int`.
-COMMAND_MODULES = ("caltrain.cli.measure",)
+COMMAND_MODULES = ("caltrain.cli.assess",)  # caltrain.cli.measure: needs caltrain.enclave.manifest (not on this branch)
 
 
 def build_parser() -> argparse.ArgumentParser:
