@@ -8,6 +8,7 @@ Without `--model`, the dataset's zoo model is trained first.
 from __future__ import annotations
 
 import argparse
+import pickle
 import time
 from pathlib import Path
 
@@ -54,7 +55,7 @@ def _model(args: argparse.Namespace) -> tuple[torch.nn.Module, str, bool]:
     model = build_model(name)
     try:
         model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-    except (RuntimeError, OSError, ValueError) as exc:
+    except (RuntimeError, OSError, ValueError, pickle.UnpicklingError) as exc:
         raise ModelError(f"{path}: not a state_dict of {name} ({exc})") from None
     return model, f"{name} ({path.name})", False
 
