@@ -19,8 +19,8 @@ from caltrain.models.fit import accuracy, fit
 @pytest.fixture(scope="module")
 def report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     train, test = load_dataset("digits")
-    cnn = fit(build_model("digits-cnn", seed=0), train, epochs=20, seed=0, progress=False)
-    assert accuracy(cnn, test) > 0.95
+    cnn = fit(build_model("digits-cnn", seed=0), train.x, train.y, epochs=20, seed=0, progress=False)
+    assert accuracy(cnn, test.x, test.y) > 0.95
     # The host receives the class probabilities: the cut after `probs` exposes what a prediction exposes.
     model = nn.Sequential(OrderedDict([*cnn.named_children(), ("probs", nn.Softmax(dim=1)), ("host", nn.Identity())]))
     config = AssessConfig(budget="tiny", layers=("conv1", "fc1", "probs"), budget_overrides={"targets": 150})

@@ -69,9 +69,9 @@ def run(args: argparse.Namespace) -> int:
     if untrained:
         epochs = args.epochs or max(1, min(30, 45_000 // len(train)))
         started = time.perf_counter()
-        fit(model, train, epochs=epochs, seed=args.seed, progress=progress)
+        fit(model, train.x, train.y, epochs=epochs, seed=args.seed, progress=progress)
         print(f"trained {name} for {epochs} epochs in {time.perf_counter() - started:.0f} s")
-    print(f"{name}: test accuracy {accuracy(model, test):.3f}")
+    print(f"{name}: test accuracy {accuracy(model, test.x, test.y):.3f}")
     config = AssessConfig(
         budget=args.budget,
         tiers=tuple(args.tier or TIERS),

@@ -16,15 +16,12 @@ from caltrain.models import candidate_cuts, partition
 
 
 @contextmanager
-def _taps(model: nn.Module, cuts: list[str], out: dict[str, list[torch.Tensor]]) -> Iterator[list[str]]:
-    """Forward hooks on the cuts that are modules; yields the cuts that are not (plain function nodes)."""
+def _taps(model: nn.Module, cuts: list[str], out: dict[str, list[torch.Tensor]]) -> Iterator[None]:
+    """Forward hooks appending each named module's output to `out`."""
     modules = dict(model.named_modules())
-    handles = []
-    for cut in cuts:
-        if cut in modules:
-            handles.append(modules[cut].register_forward_hook(lambda _m, _i, o, c=cut: out[c].append(o.detach())))
+    handles = [modules[cut].register_forward_hook(lambda _m, _i, o, c=cut: out[c].append(o.detach())) for cut in cuts]
     try:
-        yield [c for c in cuts if c not in modules]
+        yield
     finally:
         for h in handles:
             h.remove()
@@ -32,11 +29,13 @@ def _taps(model: nn.Module, cuts: list[str], out: dict[str, list[torch.Tensor]])
 
 @torch.no_grad()
 def collect_irs(model: nn.Module, cuts: list[str], x: torch.Tensor, batch: int = 256) -> dict[str, torch.Tensor]:
-    """The IR the host would see at each cut, for every input in `x` (one model pass per batch)."""
+    """The IR the host would see at each cut, for every input in `x`: forward hooks on the cuts that are modules,
+    the FrontNet itself for cuts after a plain function (traced before any hook exists)."""
     model.eval()
+    modules = dict(model.named_modules())
+    fronts = {c: partition(model, c).front for c in cuts if c not in modules}
     out: dict[str, list[torch.Tensor]] = {c: [] for c in cuts}
-    with _taps(model, cuts, out) as untapped:
-        fronts = {c: partition(model, c).front for c in untapped}
+    with _taps(model, [c for c in cuts if c in modules], out):
         for chunk in torch.split(x, batch):
             model(chunk)
             for cut, front in fronts.items():

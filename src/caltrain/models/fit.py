@@ -8,12 +8,11 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from caltrain.data import ArrayDataset
-
 
 def fit(
     model: nn.Module,
-    data: ArrayDataset,
+    images: np.ndarray,
+    labels: np.ndarray,
     *,
     epochs: int,
     seed: int,
@@ -23,10 +22,10 @@ def fit(
 ) -> nn.Module:
     """Adam on cross-entropy; the data order is a pure function of `seed`."""
     gen = torch.Generator().manual_seed(seed)
-    x, y = torch.from_numpy(data.x), torch.from_numpy(data.y)
+    x, y = torch.from_numpy(images), torch.from_numpy(labels)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     model.train()
-    bar = tqdm(range(epochs), desc=f"training on {data.name}", disable=not progress)
+    bar = tqdm(range(epochs), desc="training", disable=not progress)
     for _ in bar:
         for idx in torch.randperm(len(y), generator=gen).split(batch):
             opt.zero_grad()
@@ -38,7 +37,7 @@ def fit(
 
 
 @torch.no_grad()
-def accuracy(model: nn.Module, data: ArrayDataset) -> float:
+def accuracy(model: nn.Module, images: np.ndarray, labels: np.ndarray) -> float:
     model.eval()
-    logits = torch.cat([model(chunk) for chunk in torch.from_numpy(data.x).split(1024)])
-    return float(np.mean(logits.argmax(1).numpy() == data.y))
+    logits = torch.cat([model(chunk) for chunk in torch.from_numpy(images).split(1024)])
+    return float(np.mean(logits.argmax(1).numpy() == labels))
