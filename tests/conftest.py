@@ -5,13 +5,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 from hypothesis import HealthCheck, settings
 
 from caltrain.enclave.host import EnclaveHost
 from caltrain.enclave.manifest import EnclaveConfig
 from tests.helpers import People, make_people
 
+# One thread per test process: two cores, and oversubscription makes small convolutions crawl (MACHINE-NOTES).
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
@@ -34,6 +37,7 @@ def fresh_enclave(people: People, tmp_path: Path) -> Iterator[EnclaveHost]:
     host.start()
     yield host
     host.stop()
+
 
 # The machine is shared and noisy: time limits per example would make property tests flaky, not stricter.
 settings.register_profile("caltrain", deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -16,6 +16,7 @@ COMMAND_MODULES = (
     "caltrain.cli.serve",
     "caltrain.cli.train",
     "caltrain.cli.trace",
+    "caltrain.cli.assess",
     "caltrain.cli.demo",
     "caltrain.cli.evidence",
     "caltrain.cli.enclave",

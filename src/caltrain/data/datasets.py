@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import pickle
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,12 +54,11 @@ class ArrayDataset:
 
 
 def _split(
-    x: np.ndarray, y: np.ndarray, name: str, test_fraction: float, seed: int
+    x: np.ndarray, y: np.ndarray, name: str, test_fraction: float, seed: int, num_classes: int | None = None
 ) -> tuple[ArrayDataset, ArrayDataset]:
     order = np.random.default_rng(seed).permutation(len(y))
     n_test = round(len(y) * test_fraction)
-    classes = int(y.max()) + 1
-    full = ArrayDataset(x, y, name, classes)
+    full = ArrayDataset(x, y, name, num_classes or int(y.max()) + 1)
     return full.subset(order[n_test:]), full.subset(order[:n_test], f"{name}-test")
 
 
@@ -134,8 +134,79 @@ def as_images(x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
+class _ArrayOnlyUnpickler(pickle.Unpickler):
+    """CIFAR batches are pickles; unpickling runs code, so only numpy's array constructors may be named."""
+
+    _ALLOWED = frozenset(
+        {
+            ("numpy.core.multiarray", "_reconstruct"),
+            ("numpy._core.multiarray", "_reconstruct"),
+            ("numpy", "ndarray"),
+            ("numpy", "dtype"),
+        }
+    )
+
+    def find_class(self, module: str, name: str) -> object:
+        if (module, name) not in self._ALLOWED:
+            raise DataError(f"refusing to unpickle {module}.{name}: a CIFAR batch holds only arrays and lists")
+        return super().find_class(module, name)
+
+
+def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        with open(path, "rb") as f:
+            batch = _ArrayOnlyUnpickler(f, encoding="bytes").load()
+        data, labels = batch[b"data"], batch[b"labels"]
+    except FileNotFoundError:
+        raise DatasetUnavailable(f"cifar10: {path} not found (expected data_batch_1..5 and test_batch)") from None
+    except (OSError, pickle.UnpicklingError, KeyError, TypeError, EOFError) as exc:
+        raise DataError(f"{path}: not a CIFAR-10 python batch ({exc})") from None
+    x = np.asarray(data, dtype=np.uint8).reshape(-1, 3, 32, 32)
+    return x, np.asarray(labels, dtype=np.int64)
+
+
+def load_cifar10(root: Path) -> tuple[ArrayDataset, ArrayDataset]:
+    """CIFAR-10 "python version" batches under `root` (the folder `cifar-10-batches-py`)."""
+    parts = [_read_cifar_batch(root / f"data_batch_{i}") for i in range(1, 6)]
+    x_test, y_test = _read_cifar_batch(root / "test_batch")
+    x_train, y_train = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+    return (
+        ArrayDataset(as_images(x_train), y_train, "cifar10", 10),
+        ArrayDataset(as_images(x_test), y_test, "cifar10-test", 10),
+    )
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff")
+
+
+def load_image_folder(root: Path, seed: int = 0) -> tuple[ArrayDataset, ArrayDataset]:
+    """A class-per-subfolder tree (classes in sorted order); 20% held out. All images must share one size;
+    they load as grey when every image is grey, else as RGB."""
+    from PIL import Image
+
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+    files = [(f, c) for c, name in enumerate(classes) for f in sorted((root / name).iterdir())]
+    files = [(f, c) for f, c in files if f.suffix.lower() in IMAGE_SUFFIXES]
+    if not files:
+        raise DatasetUnavailable(f"imagefolder: no images under {root}/<class>/ (suffixes {IMAGE_SUFFIXES})")
+    try:
+        images = [Image.open(f) for f, _ in files]
+        mode = "L" if all(im.mode in ("1", "L", "I;16", "I") for im in images) else "RGB"
+        arrays = [np.asarray(im.convert(mode)) for im in images]
+    except OSError as exc:
+        raise DataError(f"imagefolder: cannot read an image under {root}: {exc}") from None
+    sizes = {a.shape for a in arrays}
+    if len(sizes) != 1:
+        raise DataError(f"imagefolder: images under {root} differ in size {sorted(sizes)}; resize them first")
+    x = np.stack(arrays)
+    x = x[:, None] if mode == "L" else x.transpose(0, 3, 1, 2)
+    y = np.array([c for _, c in files], dtype=np.int64)
+    return _split(as_images(x), y, root.name, 0.2, seed, len(classes))
+
+
 def load_dataset(name: str, *, root: Path | None = None, seed: int = 0) -> tuple[ArrayDataset, ArrayDataset]:
-    """Train and test split of a named dataset: digits, fashion-mnist, mnist, or an .npz path."""
+    """Train and test split of a named dataset: digits, fashion-mnist, mnist, cifar10 (with `root`),
+    `imagefolder:PATH`, or an .npz path."""
     if name == "digits":
         return load_digits_dataset(seed)
     if name == "fashion-mnist":
@@ -144,9 +215,19 @@ def load_dataset(name: str, *, root: Path | None = None, seed: int = 0) -> tuple
         if root is None:
             raise DatasetUnavailable("mnist: pass the folder holding its IDX files (nothing downloads)")
         return load_mnist_style(root, name)
+    if name == "cifar10":
+        if root is None:
+            raise DatasetUnavailable(
+                "cifar10: pass the folder holding data_batch_1..5 and test_batch (nothing downloads)"
+            )
+        return load_cifar10(root)
+    if name.startswith("imagefolder:"):
+        return load_image_folder(Path(name.removeprefix("imagefolder:")), seed)
     if name.endswith(".npz"):
         return load_npz(Path(name), seed)
-    raise DataError(f"unknown dataset {name!r}: use digits, fashion-mnist, mnist, or a path to an .npz")
+    raise DataError(
+        f"unknown dataset {name!r}: use digits, fashion-mnist, mnist, cifar10, imagefolder:PATH, or a path to an .npz"
+    )
 
 
 def split_among(dataset: ArrayDataset, parts: int, *, seed: int) -> list[ArrayDataset]:
