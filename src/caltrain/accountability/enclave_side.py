@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
+from torch import nn
 
 from caltrain.accountability.attribution import AttributionMethod, QueryBatch, TrainingSet, get_method
 from caltrain.accountability.errors import AccountabilityError
@@ -75,6 +76,8 @@ def build_linkage(ctx: EnclaveContext, req: BuildLinkage) -> LinkageBuilt:
     instance hash) to a Merkle-rooted log the enclave signs with the model hash and its measurement."""
     started = time.perf_counter()
     job = finished_job(ctx, req.job_id)
+    if not isinstance(job.model, nn.Sequential):
+        raise AccountabilityError("fingerprints need a model whose last block is its classifier (an nn.Sequential)")
     record_ids, contributors, hashes, dataset_ids, indexes = _provenance(job)
     names = sorted(set(contributors))
     contributor_ids = np.array([names.index(c) for c in contributors], dtype=np.int64)

@@ -28,6 +28,7 @@ def train_model(
 ) -> tuple[nn.Sequential, list[dict[str, object]]]:
     """Plain (unpartitioned) Adam training of `dataset`'s zoo model; returns it and one checkpoint per epoch."""
     model = build_model(spec_for_dataset(dataset).name, seed=seed)
+    assert isinstance(model, nn.Sequential)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     gen = torch.Generator().manual_seed(seed)
     x, y = torch.from_numpy(train.x), torch.from_numpy(train.y)

@@ -58,7 +58,7 @@ def training_batch(x: torch.Tensor, y: torch.Tensor, config: TrainConfig, step: 
     return xb, y[idx]
 
 
-def build_split(config: TrainConfig) -> tuple[nn.Sequential, Partition]:
+def build_split(config: TrainConfig) -> tuple[nn.Module, Partition]:
     """The model at its seeded initial weights, and its partition at `frontnet_layers`."""
     model = build_model(config.model, seed=config.seed)
     return model, partition(model, config.frontnet_layers)

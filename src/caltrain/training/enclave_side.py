@@ -72,7 +72,7 @@ class Job:
     eval_x: torch.Tensor
     eval_y: torch.Tensor
     part: Partition
-    model: torch.nn.Sequential
+    model: torch.nn.Module
     optimizer: torch.optim.Optimizer
     ir: SharedTensor
     grad: SharedTensor
