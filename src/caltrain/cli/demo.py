@@ -30,6 +30,7 @@ from caltrain.data.datasets import ArrayDataset, DatasetUnavailable, load_datase
 from caltrain.enclave.consortium import Consortium, Member, Role
 from caltrain.enclave.manifest import EnclaveConfig, measure
 from caltrain.errors import CaltrainError
+from caltrain.exposure.assess import assess
 from caltrain.models import build_model, spec_for_dataset
 from caltrain.service.client import CaltrainClient, draft_policy
 from caltrain.service.participant import ParticipantHome
@@ -281,6 +282,7 @@ def _protocol(
     model = build_model(spec.name)
     model.load_state_dict(protected)
     accountability = _accountability(server.url, out, homes, containers, job["job_id"], model, shares, test)
+    exposure = _exposure(model, spec.name, shares, test, config, out, args.seed)
     return {
         "seed": args.seed,
         "dataset": args.dataset,
@@ -301,6 +303,43 @@ def _protocol(
             "plain_samples_per_s": plain.epochs[-1].samples_per_s,
         },
         "accountability": accountability,
+        "exposure": exposure,
+    }
+
+
+def _exposure(
+    model: torch.nn.Module, name: str, shares: Shares, test: ArrayDataset, config: TrainConfig, out: Path, seed: int
+) -> dict[str, Any]:
+    """How much of an input the host could reconstruct from the IR at each cut of the trained model."""
+    aux = ArrayDataset(
+        np.concatenate([shares.data[n].x for n in PARTICIPANTS[:2]]),
+        np.concatenate([shares.data[n].y for n in PARTICIPANTS[:2]]),
+        "digits-aux",
+        test.num_classes,
+    )
+    report = assess(
+        model,
+        train_data=aux,
+        targets=test,
+        budget="tiny",
+        out_dir=out / "exposure",
+        seed=seed,
+        model_name=name,
+        progress=False,
+    ).to_json()
+    cuts = report["model"]["cuts"]
+    chosen = cuts[config.frontnet_layers - 1]
+    say(
+        f"8. exposure assessment (tiny budget): recommended cut after '{report['recommended_layer']}', the seed "
+        f"rule alone would say '{report['seed_rule_layer']}'; this job cut after '{chosen}'. "
+        f"Report: {out / 'exposure' / 'report.html'}"
+    )
+    return {
+        "recommended_layer": report["recommended_layer"],
+        "seed_rule_layer": report["seed_rule_layer"],
+        "trained_cut": chosen,
+        "seed_rule_misses": report["seed_rule_misses"],
+        "layers": report["layers"],
     }
 
 
