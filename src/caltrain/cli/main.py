@@ -15,6 +15,7 @@ COMMAND_MODULES = (
     "caltrain.cli.ingest",
     "caltrain.cli.serve",
     "caltrain.cli.train",
+    "caltrain.cli.infer",
     "caltrain.cli.demo",
     "caltrain.cli.evidence",
     "caltrain.cli.enclave",

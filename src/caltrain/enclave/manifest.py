@@ -34,7 +34,7 @@ TRUSTED_SOURCES = (
 CONFIG_FILE = "enclave-config.json"
 
 # Modules the enclave imports at start; each registers its calls (ECALLs) with the dispatcher.
-ECALL_MODULES = ("caltrain.enclave.ingest", "caltrain.training.enclave_side")
+ECALL_MODULES = ("caltrain.enclave.ingest", "caltrain.training.enclave_side", "caltrain.inference.enclave_side")
 
 
 @dataclass(frozen=True)
