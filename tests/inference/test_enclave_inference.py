@@ -15,11 +15,10 @@ from caltrain.crypto import aead
 from caltrain.crypto.errors import BadSignature, IntegrityError
 from caltrain.enclave.host import EnclaveHost
 from caltrain.enclave.manifest import EnclaveConfig
-from caltrain.enclave.protocol import deploy_digest
 from caltrain.inference.errors import BadRequest, DuplicateModel, ReplayedRequest, UnknownModel
-from caltrain.inference.requests import new_request_id, open_answer, seal_request, seal_weights
+from caltrain.inference.owner import prepare_deployment
+from caltrain.inference.requests import new_request_id, open_answer, seal_request
 from caltrain.inference.serving import BatchingConfig, InferenceService
-from caltrain.inference.split import split_model
 from caltrain.models import build_model
 from tests.helpers import People
 
@@ -34,15 +33,10 @@ def plain_top_k(model: torch.nn.Module, x: np.ndarray, k: int) -> tuple[list[int
 
 
 def deploy(service: InferenceService, people: People, model_id: str, model: torch.nn.Module, ternary: bool) -> None:
-    split = split_model(ARCH, M, ternary)
-    mine = {k for p in split.enclave_parts for k in p.state_dict()}
-    state = model.state_dict()
-    keys = service.enclave.keys
-    sealed = seal_weights(keys.hpke, model_id, ARCH, M, ternary, {k: v for k, v in state.items() if k in mine})
-    signature = people.alice.sign(deploy_digest(model_id, "", ARCH, M, ternary, sealed, keys))
+    prepared = prepare_deployment(service.enclave.keys, people.alice, model_id, ARCH, M, ternary, model.state_dict())
     service.deploy(
-        model_id=model_id, architecture=ARCH, m=M, ternary=ternary, owner="alice", signature=signature,
-        host_state={k: v for k, v in state.items() if k not in mine}, sealed_weights=sealed,
+        model_id=model_id, architecture=ARCH, m=M, ternary=ternary, owner="alice", signature=prepared.signature,
+        host_state=prepared.host_state, sealed_weights=prepared.sealed_weights,
     )
 
 

@@ -8,7 +8,6 @@ neither read it nor pass one request's answer off as another's.
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import os
@@ -23,7 +22,7 @@ import torch
 
 from caltrain.crypto import aead
 from caltrain.crypto.hpke import ENCAPSULATED_KEY_BYTES, HpkeKeyPair, seal_to
-from caltrain.enclave.protocol import request_info, response_aad, weights_info
+from caltrain.enclave.protocol import request_info, response_aad
 from caltrain.inference.errors import BadRequest
 
 _HEADER = struct.Struct(">32sQH")  # response key, issued at (ms since the epoch), top-k
@@ -92,11 +91,3 @@ def open_answer(response_key: bytes, model_id: str, request_id: str, ciphertext:
     answer: dict[str, Any] = json.loads(plain)
     return answer
 
-
-def seal_weights(
-    enclave_hpke: bytes, model_id: str, architecture: str, m: int, ternary: bool, state: dict[str, torch.Tensor]
-) -> bytes:
-    """Model owner side: the enclave's weights (FrontNet, and the last layer if ternary), sealed to it."""
-    buf = io.BytesIO()
-    torch.save(state, buf)
-    return seal_to(enclave_hpke, buf.getvalue(), weights_info(model_id, architecture, m, ternary))

@@ -16,8 +16,8 @@ from caltrain.crypto import aead
 from caltrain.crypto.signing import Identity
 from caltrain.enclave.protocol import deploy_digest
 from caltrain.inference.errors import BadRequest
-from caltrain.inference.requests import new_request_id, open_answer, seal_request, seal_weights
-from caltrain.inference.split import split_model
+from caltrain.inference.owner import prepare_deployment
+from caltrain.inference.requests import new_request_id, open_answer, seal_request
 from caltrain.service.client import AttestedEnclave, CaltrainClient
 
 
@@ -58,46 +58,44 @@ class InferenceClient:
         return result
 
     def _deploy(self, body: dict[str, object]) -> dict[str, object]:
-        if self._identity is None or self._name is None:
-            raise BadRequest("deploying needs the owner's identity (--home)")
-        sealed = base64.b64decode(str(body.get("sealed_weights", "")))
-        digest = deploy_digest(
-            str(body["model_id"]), str(body.get("job_id", "")), str(body["architecture"]), int(str(body["m"])),
-            bool(body.get("ternary", False)), sealed, self.enclave.keys,
-        )
-        body = {**body, "owner": self._name, "signature": base64.b64encode(self._identity.sign(digest)).decode()}
         result: dict[str, object] = self.http.request(
             "POST", "/v1/models", body=json.dumps(body).encode(), headers={"content-type": "application/json"},
             signed=True,
         )
         return result
 
+    def _owner(self) -> tuple[Identity, str]:
+        if self._identity is None or self._name is None:
+            raise BadRequest("deploying needs the owner's identity (--home)")
+        return self._identity, self._name
+
     def deploy_job(self, model_id: str, job_id: str) -> dict[str, object]:
         """Deploy a model trained by caltrain: its FrontNet never leaves the enclave, the host has its BackNet."""
+        identity, name = self._owner()
         config = self.http.job(job_id)["config"]
-        return self._deploy(
-            {"model_id": model_id, "job_id": job_id, "architecture": config["model"], "m": config["frontnet_layers"]}
-        )
+        arch, m = str(config["model"]), int(config["frontnet_layers"])
+        signature = identity.sign(deploy_digest(model_id, job_id, arch, m, False, b"", self.enclave.keys))
+        return self._deploy({"model_id": model_id, "job_id": job_id, "architecture": arch, "m": m, "owner": name,
+                             "signature": base64.b64encode(signature).decode()})
 
     def deploy_external(
         self, model_id: str, architecture: str, m: int, state: dict[str, torch.Tensor], *, ternary: bool = False
     ) -> dict[str, object]:
         """Register an owner's model: the enclave's blocks sealed to the attested enclave, the rest in the clear."""
-        split = split_model(architecture, m, ternary)
-        mine = {k for p in split.enclave_parts for k in p.state_dict()}
-        sealed = seal_weights(
-            self.enclave.keys.hpke, model_id, architecture, m, ternary, {k: v for k, v in state.items() if k in mine}
-        )
+        identity, name = self._owner()
+        prepared = prepare_deployment(self.enclave.keys, identity, model_id, architecture, m, ternary, state)
         buf = io.BytesIO()
-        torch.save({k: v for k, v in state.items() if k not in mine}, buf)
+        torch.save(prepared.host_state, buf)
         return self._deploy(
             {
                 "model_id": model_id,
                 "architecture": architecture,
                 "m": m,
                 "ternary": ternary,
-                "sealed_weights": base64.b64encode(sealed).decode(),
+                "sealed_weights": base64.b64encode(prepared.sealed_weights).decode(),
                 "backnet": base64.b64encode(buf.getvalue()).decode(),
+                "owner": name,
+                "signature": base64.b64encode(prepared.signature).decode(),
             }
         )
 
