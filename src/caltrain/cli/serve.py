@@ -24,6 +24,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="CPU threads for the host's BackNet (default 1: the enclave holds the other core, and a plain run "
         "reproduces the protected one bit for bit only at the same thread count)",
     )
+    p.add_argument("--max-batch", type=int, default=64, help="inference: most requests per batch")
+    p.add_argument("--max-wait-ms", type=float, default=2.0, help="inference: wait after a first request")
     p.set_defaults(func=run)
 
 
@@ -32,13 +34,18 @@ def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from caltrain.enclave.allocator import keep_freed_memory
+    from caltrain.inference.serving import BatchingConfig
     from caltrain.service.app import create_app
 
     torch.set_num_threads(args.threads)
     keep_freed_memory()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     app = create_app(
-        state_dir=args.state, consortium=Consortium.load(args.consortium), backend=args.backend, device=args.device
+        state_dir=args.state,
+        consortium=Consortium.load(args.consortium),
+        backend=args.backend,
+        device=args.device,
+        batching=BatchingConfig(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms),
     )
     uvicorn.run(app, host=args.host, port=args.port, log_level="info")
     return 0

@@ -38,6 +38,7 @@ ECALL_MODULES = (
     "caltrain.enclave.ingest",
     "caltrain.training.enclave_side",
     "caltrain.accountability.enclave_side",
+    "caltrain.inference.enclave_side",
 )
 
 

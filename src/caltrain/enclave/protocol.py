@@ -45,3 +45,32 @@ def export_info(job_id: str) -> bytes:
 def trace_info(job_id: str) -> bytes:
     """HPKE context of a forensic query's inputs: they open only as a query against this job."""
     return tagged_hash("caltrain/trace-query/v1", job_id.encode())
+
+
+def deploy_digest(
+    model_id: str, job_id: str, architecture: str, m: int, ternary: bool, sealed_weights: bytes, keys: EnclaveKeys
+) -> bytes:
+    """What a model owner signs to deploy: this model, cut and mode, these sealed weights, to this enclave."""
+    fields = (model_id, job_id, architecture, str(m), str(int(ternary)))
+    return tagged_hash("caltrain/deploy/v1", *(f.encode() for f in fields), sha256(sealed_weights), keys.to_bytes())
+
+
+def weights_info(model_id: str, architecture: str, m: int, ternary: bool) -> bytes:
+    """HPKE `info` of an owner's sealed FrontNet: it opens only as this model, cut and mode."""
+    return tagged_hash(
+        "caltrain/deploy-weights/v1",
+        model_id.encode(),
+        architecture.encode(),
+        str(m).encode(),
+        str(int(ternary)).encode(),
+    )
+
+
+def request_info(model_id: str, request_id: str) -> bytes:
+    """HPKE `info` of an inference request: it opens only for this model under this request id."""
+    return tagged_hash("caltrain/infer-request/v1", model_id.encode(), request_id.encode())
+
+
+def response_aad(model_id: str, request_id: str) -> bytes:
+    """Associated data of an answer: it authenticates only as the answer to this request."""
+    return tagged_hash("caltrain/infer-response/v1", model_id.encode(), request_id.encode())

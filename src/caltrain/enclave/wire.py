@@ -248,6 +248,75 @@ class ForensicReply(Message):
     report: dict[str, Any]
 
 
+# --- partitioned inference (DeepEnclave) ----------------------------------------------------------------
+
+
+@message
+class DeployModel(Message):
+    """Deploy a model for inference: a finished job's FrontNet (`job_id`), or an owner's, HPKE-sealed.
+
+    The owner signs `deploy_digest`, so the host cannot deploy a FrontNet of its own under a model id
+    (an identity FrontNet would copy inputs into the IR). `slot_paths` are the shared IR/output slots,
+    `2 * pipeline depth` of them: IR slots first.
+    """
+
+    model_id: str
+    job_id: str
+    architecture: str
+    m: int
+    ternary: bool
+    sealed_weights: bytes
+    owner: str
+    signature: bytes
+    slot_paths: list[str]
+    max_batch: int
+
+
+@message
+class ModelDeployed(Message):
+    model_id: str
+    architecture: str
+    m: int
+    ternary: bool
+    owner: str
+    front_digest: str
+
+
+@message
+class InferFront(Message):
+    """Open a batch of request ciphertexts (each `request_size` bytes, back to back), run the FrontNet on the
+    accepted ones and write their IRs, in order, to IR slot `slot`."""
+
+    model_id: str
+    slot: int
+    request_ids: list[str]
+    ciphertexts: bytes
+
+
+@message
+class FrontDone(Message):
+    accepted: int
+    rejected: dict[str, list[str]]  # batch position -> [error class, detail]
+    timings: dict[str, float]
+
+
+@message
+class InferFinish(Message):
+    """The host's output for the `count` accepted requests of slot `slot` is in its output slot: finish
+    (ternary: the last layer), softmax, top-k, and encrypt each answer to its requester."""
+
+    model_id: str
+    slot: int
+    count: int
+
+
+@message
+class Answers(Message):
+    ciphertexts: bytes
+    lengths: list[int]
+    timings: dict[str, float]
+
+
 # --- codec -----------------------------------------------------------------------------------------------
 
 _U32 = struct.Struct(">I")

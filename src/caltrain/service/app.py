@@ -25,14 +25,16 @@ from caltrain.errors import (
     ServiceError,
     Unauthenticated,
 )
-from caltrain.service import forensics, ingestion, training
+from caltrain.inference.errors import DuplicateModel, ReplayedRequest, RequestTooLarge, UnknownModel
+from caltrain.inference.serving import BatchingConfig, InferenceService
+from caltrain.service import forensics, inference, ingestion, training
 from caltrain.service.auth import RequestAuthenticator
 from caltrain.service.jobs import JobBusy, JobManager, UnknownJob
 from caltrain.service.state import ServerState
 
 log = logging.getLogger("caltrain.server")
 
-ROUTERS = (ingestion.router, training.router, forensics.router)
+ROUTERS = (ingestion.router, training.router, forensics.router, inference.router)
 
 
 def status_code(exc: CaltrainError) -> int:
@@ -42,8 +44,12 @@ def status_code(exc: CaltrainError) -> int:
         (AuthError, 403),
         (UnknownDataset, 404),
         (UnknownJob, 404),
+        (UnknownModel, 404),
         (DuplicateDataset, 409),
         (JobBusy, 409),
+        (DuplicateModel, 409),
+        (ReplayedRequest, 409),
+        (RequestTooLarge, 413),
         (EnclaveError, 503),
         (ServiceError, 400),
     ):
@@ -59,6 +65,7 @@ def create_app(
     backend: str = "simulated",
     device: str = "cpu",
     enclave: EnclaveHost | None = None,
+    batching: BatchingConfig | None = None,
 ) -> FastAPI:
     """Build the app; the enclave starts with the app (lifespan) and stops with it."""
     host = enclave or EnclaveHost(state_dir=state_dir, config=EnclaveConfig(consortium), backend=backend)
@@ -71,9 +78,11 @@ def create_app(
         log.info("enclave ready: platform=%s measurement=%s", ready.platform, ready.measurement)
         app.state.server = ServerState(host, consortium, RequestAuthenticator(consortium), state_dir)
         app.state.server.extensions["jobs"] = JobManager(host, state_dir, device)
+        service = app.state.server.extensions["inference"] = InferenceService(host, batching)
         try:
             yield
         finally:
+            service.close()
             host.stop()
 
     app = FastAPI(

@@ -1,0 +1,25 @@
+"""Inference-layer errors: each is the client's fault (4xx) and names what was wrong."""
+
+from __future__ import annotations
+
+from caltrain.errors import InferenceError
+
+
+class UnknownModel(InferenceError):
+    """No model is deployed under this id (HTTP 404)."""
+
+
+class DuplicateModel(InferenceError):
+    """A model is already deployed under this id: ids are never reused for other weights (HTTP 409)."""
+
+
+class BadRequest(InferenceError):
+    """A request is malformed: wrong size or shape, bad id, non-finite input, stale timestamp (HTTP 400)."""
+
+
+class ReplayedRequest(InferenceError):
+    """This request id was already answered: the enclave opens each request once (HTTP 409)."""
+
+
+class RequestTooLarge(InferenceError):
+    """The request body exceeds the size limit (HTTP 413)."""

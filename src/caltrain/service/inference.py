@@ -1,0 +1,154 @@
+"""HTTP routes for DeepEnclave serving: deploy models, list them, answer encrypted inference requests."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import io
+from typing import Any, TypeVar
+
+import torch
+from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
+from pydantic import BaseModel, Field, ValidationError
+
+from caltrain.errors import ServiceError
+from caltrain.inference.errors import BadRequest, RequestTooLarge
+from caltrain.inference.serving import InferenceService
+from caltrain.service.jobs import JobManager
+from caltrain.service.state import authenticated, server
+
+MAX_INFER_BYTES = 1 << 20
+MAX_DEPLOY_BYTES = 256 << 20
+
+router = APIRouter(prefix="/v1", tags=["inference"])
+B = TypeVar("B", bound=BaseModel)
+
+
+class DeployIn(BaseModel):
+    """Deploy a model. From a finished job: `job_id`, no weights. External: `sealed_weights` (the enclave's
+    weights, HPKE-sealed to it) and `backnet` (the host's part, a torch state_dict, in the clear)."""
+
+    model_id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+    architecture: str
+    m: int = Field(ge=1, description="FrontNet = the first m blocks")
+    ternary: bool = Field(default=False, description="also run the last layer and softmax in the enclave")
+    job_id: str = ""
+    sealed_weights: str = Field(default="", description="base64")
+    backnet: str = Field(default="", description="base64 of torch.save(state_dict)")
+    owner: str
+    signature: str = Field(description="owner's Ed25519 signature of the deploy digest, base64")
+
+
+class ModelOut(BaseModel):
+    model_id: str
+    architecture: str
+    m: int
+    ternary: bool
+    owner: str
+    source: str
+    front_digest: str
+    input_shape: list[int]
+    num_classes: int
+    request_size: int = Field(description="bytes of one request ciphertext")
+
+
+class InferIn(BaseModel):
+    model_id: str
+    request_id: str = Field(description="32 hex characters, fresh per request (bound into the HPKE context)")
+    ciphertext: str = Field(description="base64 HPKE ciphertext to the enclave key")
+
+
+class InferOut(BaseModel):
+    model_id: str
+    request_id: str
+    ciphertext: str = Field(description="base64 AES-256-GCM answer under the key sealed inside the request")
+
+
+def _b64(value: str, what: str) -> bytes:
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise BadRequest(f"{what} is not valid base64") from None
+
+
+def _body_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """OpenAPI for a body the route parses itself (size limit first, then typed errors, never a bare 422)."""
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": model.model_json_schema()}}}}
+
+
+async def _parse(request: Request, model: type[B], limit: int) -> B:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise RequestTooLarge(f"body of {declared} bytes; the limit is {limit}")
+    body = await request.body()
+    if len(body) > limit:
+        raise RequestTooLarge(f"body of {len(body)} bytes; the limit is {limit}")
+    try:
+        return model.model_validate_json(body)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors())
+        raise BadRequest(f"malformed {model.__name__}: {problems}") from None
+
+
+def inference(request: Request) -> InferenceService:
+    service = server(request).extensions["inference"]
+    assert isinstance(service, InferenceService)
+    return service
+
+
+def _load_state(raw: bytes, what: str) -> object:
+    try:
+        return torch.load(io.BytesIO(raw), weights_only=True)
+    except Exception as exc:  # whatever bytes a client sent: not a state_dict is its fault
+        raise BadRequest(f"{what} is not a torch state_dict: {type(exc).__name__}") from None
+
+
+@router.post("/models", status_code=201, response_model=ModelOut, openapi_extra=_body_schema(DeployIn))
+async def deploy(request: Request) -> ModelOut:
+    """Deploy a model for inference. Signed by a consortium member, who also signs the deploy digest."""
+    member = await authenticated(request)
+    body = await _parse(request, DeployIn, MAX_DEPLOY_BYTES)
+    if member.name != body.owner:
+        raise ServiceError(f"request signed by {member.name!r} deploys as {body.owner!r}")
+    if body.job_id:
+        jobs = server(request).extensions["jobs"]
+        assert isinstance(jobs, JobManager)
+        if jobs.get(body.job_id).state != "done" or body.backnet:
+            raise BadRequest(f"job {body.job_id} is not done, or a BackNet was sent with it (the host has it)")
+        host_state = await run_in_threadpool(torch.load, jobs.backnet_path(body.job_id), weights_only=True)
+    else:
+        host_state = _load_state(_b64(body.backnet, "backnet"), "backnet")
+    info = await run_in_threadpool(
+        inference(request).deploy,
+        model_id=body.model_id,
+        architecture=body.architecture,
+        m=body.m,
+        ternary=body.ternary,
+        owner=body.owner,
+        signature=_b64(body.signature, "signature"),
+        host_state=host_state,
+        job_id=body.job_id,
+        sealed_weights=_b64(body.sealed_weights, "sealed weights"),
+    )
+    return ModelOut(**info.to_json())
+
+
+@router.get("/models", response_model=list[ModelOut])
+def models(request: Request) -> list[ModelOut]:
+    return [ModelOut(**s.info.to_json()) for s in inference(request).models.values()]
+
+
+@router.get("/models/{model_id}", response_model=ModelOut)
+def model(request: Request, model_id: str) -> ModelOut:
+    return ModelOut(**inference(request).get(model_id).info.to_json())
+
+
+@router.post("/infer", response_model=InferOut, openapi_extra=_body_schema(InferIn))
+async def infer(request: Request) -> InferOut:
+    """One encrypted input in, its encrypted top-k out; batched with concurrent requests on the server."""
+    body = await _parse(request, InferIn, MAX_INFER_BYTES)
+    future = inference(request).get(body.model_id).submit(body.request_id, _b64(body.ciphertext, "ciphertext"))
+    answer = await asyncio.wrap_future(future)
+    return InferOut(model_id=body.model_id, request_id=body.request_id, ciphertext=base64.b64encode(answer).decode())

@@ -1,0 +1,131 @@
+"""`InferenceClient`: attest the enclave once, then send inputs only it can read and read answers only we can."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from caltrain.attestation import Policy, Verifier
+from caltrain.crypto import aead
+from caltrain.crypto.signing import Identity
+from caltrain.enclave.protocol import deploy_digest
+from caltrain.inference.errors import BadRequest
+from caltrain.inference.owner import prepare_deployment
+from caltrain.inference.requests import new_request_id, open_answer, seal_request
+from caltrain.service.client import AttestedEnclave, CaltrainClient
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Top-k labels and probabilities, as the enclave computed and encrypted them, and which weights did."""
+
+    labels: list[int]
+    probabilities: list[float]
+    model_id: str
+    owner: str
+    front_digest: str
+    request_id: str
+
+
+class InferenceClient:
+    """Attests the enclave (fresh nonce, `policy`) on construction; every request then goes to that key only."""
+
+    def __init__(
+        self, server: str, policy: Policy, *, identity: Identity | None = None, name: str | None = None
+    ) -> None:
+        self.http = CaltrainClient(server, identity=identity, name=name, timeout=60.0)
+        self._identity, self._name = identity, name
+        self.enclave: AttestedEnclave = self.http.attest(Verifier(policy))
+        self._shapes: dict[str, tuple[int, ...]] = {}
+
+    def close(self) -> None:
+        self.http.close()
+
+    def __enter__(self) -> InferenceClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def models(self) -> list[dict[str, object]]:
+        result: list[dict[str, object]] = self.http.request("GET", "/v1/models")
+        return result
+
+    def _deploy(self, body: dict[str, object]) -> dict[str, object]:
+        result: dict[str, object] = self.http.request(
+            "POST", "/v1/models", body=json.dumps(body).encode(), headers={"content-type": "application/json"},
+            signed=True,
+        )
+        return result
+
+    def _owner(self) -> tuple[Identity, str]:
+        if self._identity is None or self._name is None:
+            raise BadRequest("deploying needs the owner's identity (--home)")
+        return self._identity, self._name
+
+    def deploy_job(self, model_id: str, job_id: str) -> dict[str, object]:
+        """Deploy a model trained by caltrain: its FrontNet never leaves the enclave, the host has its BackNet."""
+        identity, name = self._owner()
+        config = self.http.job(job_id)["config"]
+        arch, m = str(config["model"]), int(config["frontnet_layers"])
+        signature = identity.sign(deploy_digest(model_id, job_id, arch, m, False, b"", self.enclave.keys))
+        return self._deploy({"model_id": model_id, "job_id": job_id, "architecture": arch, "m": m, "owner": name,
+                             "signature": base64.b64encode(signature).decode()})
+
+    def deploy_external(
+        self, model_id: str, architecture: str, m: int, state: dict[str, torch.Tensor], *, ternary: bool = False
+    ) -> dict[str, object]:
+        """Register an owner's model: the enclave's blocks sealed to the attested enclave, the rest in the clear."""
+        identity, name = self._owner()
+        prepared = prepare_deployment(self.enclave.keys, identity, model_id, architecture, m, ternary, state)
+        buf = io.BytesIO()
+        torch.save(prepared.host_state, buf)
+        return self._deploy(
+            {
+                "model_id": model_id,
+                "architecture": architecture,
+                "m": m,
+                "ternary": ternary,
+                "sealed_weights": base64.b64encode(prepared.sealed_weights).decode(),
+                "backnet": base64.b64encode(buf.getvalue()).decode(),
+                "owner": name,
+                "signature": base64.b64encode(prepared.signature).decode(),
+            }
+        )
+
+    def input_shape(self, model_id: str) -> tuple[int, ...]:
+        if model_id not in self._shapes:
+            info = self.http.request("GET", f"/v1/models/{model_id}")
+            self._shapes[model_id] = tuple(int(d) for d in info["input_shape"])
+        return self._shapes[model_id]
+
+    def classify(self, x: np.ndarray, model_id: str, *, top_k: int = 5) -> Prediction:
+        """One input (the model's input shape, float32 in [0, 1]) → its encrypted top-k, opened here."""
+        shape = self.input_shape(model_id)
+        x = np.asarray(x, dtype=np.float32)
+        if x.shape != shape:
+            raise BadRequest(f"model {model_id} takes inputs of shape {shape}, got {x.shape}")
+        request_id, response_key = new_request_id(), aead.new_key()
+        ciphertext = seal_request(self.enclave.keys.hpke, model_id, request_id, x, top_k, response_key)
+        body = {"model_id": model_id, "request_id": request_id, "ciphertext": base64.b64encode(ciphertext).decode()}
+        out = self.http.request(
+            "POST", "/v1/infer", body=json.dumps(body).encode(), headers={"content-type": "application/json"}
+        )
+        answer = open_answer(response_key, model_id, request_id, base64.b64decode(out["ciphertext"]))
+        return Prediction(
+            answer["labels"], answer["probabilities"], answer["model_id"], answer["owner"], answer["front_digest"],
+            request_id,
+        )
+
+    def classify_many(
+        self, xs: np.ndarray, model_id: str, *, top_k: int = 5, concurrency: int = 8
+    ) -> list[Prediction]:
+        """Many inputs, `concurrency` requests in flight (the server batches them); answers in input order."""
+        with ThreadPoolExecutor(max_workers=concurrency) as pool:
+            return list(pool.map(lambda x: self.classify(x, model_id, top_k=top_k), xs))

@@ -1,0 +1,133 @@
+"""Inference over loopback HTTP against `caltrain serve`: a model trained by `caltrain train` deployed and
+queried with `caltrain infer`; an external model queried by concurrent clients, with answers equal to the
+plain model's and no plaintext input in any HTTP body; bad requests get typed 4xx and serving goes on."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+import torch
+
+from caltrain.attestation import Policy
+from caltrain.cli.main import main
+from caltrain.crypto import aead
+from caltrain.data.datasets import load_dataset
+from caltrain.inference.requests import new_request_id, seal_request
+from caltrain.models import build_model
+from caltrain.service.inference_client import InferenceClient
+from caltrain.service.participant import ParticipantHome
+
+
+def run(capsys: pytest.CaptureFixture[str], *args: object) -> tuple[int, str]:
+    code = main([str(a) for a in args])
+    return code, capsys.readouterr().out
+
+
+def setup_server(tmp_path: Path, capsys: pytest.CaptureFixture[str], start_server: Any) -> tuple[Any, Path]:
+    consortium = tmp_path / "consortium.json"
+    run(capsys, "participant", "init", "--home", tmp_path / "alice", "--name", "alice")
+    run(capsys, "consortium", "add", "--file", consortium, "--home", tmp_path / "alice", "--role", "participant")
+    server = start_server(tmp_path / "state", consortium, tmp_path / "server.log")
+    policy = tmp_path / "policy.json"
+    assert run(capsys, "policy", "--server", server.url, "--out", policy)[0] == 0
+    return server, policy
+
+
+def test_trained_model_deploys_and_cli_infers(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], start_server: Any
+) -> None:
+    server, policy = setup_server(tmp_path, capsys, start_server)
+    home = tmp_path / "alice"
+    run(capsys, "pack", "--home", home, "--data", "digits", "--out", tmp_path / "a.ctd")
+    assert run(capsys, "submit", "--home", home, "--server", server.url, "--policy", policy,
+               "--container", tmp_path / "a.ctd")[0] == 0
+    config = tmp_path / "train.json"
+    config.write_text(json.dumps({"model": "digits-cnn", "frontnet_layers": 2, "epochs": 2, "lr": 0.05}))
+    code, out = run(capsys, "train", "--server", server.url, "--config", config, "--home", home)
+    assert code == 0, out
+    job_id = out.split()[1]
+    code, out = run(capsys, "deploy", "--server", server.url, "--policy", policy, "--home", home,
+                    "--model-id", "digits", "--job", job_id)
+    assert code == 0 and json.loads(out)["source"] == f"job:{job_id}"
+    _, test = load_dataset("digits")
+    np.savez(tmp_path / "inputs.npz", x=test.x[:20])
+    code, out = run(capsys, "infer", "--server", server.url, "--policy", policy, "--input", tmp_path / "inputs.npz",
+                    "--top-k", "2")
+    assert code == 0
+    predicted = [int(line.split(":")[1]) for line in out.splitlines()[:20]]
+    # The same model, exported (FrontNet encrypted to alice) and run plainly, predicts the same.
+    code, _ = run(capsys, "export", "--server", server.url, "--home", home, "--job", job_id, "--out", tmp_path / "m.pt")
+    assert code == 0
+    saved = torch.load(tmp_path / "m.pt", weights_only=True)
+    model = build_model("digits-cnn").eval()
+    model.load_state_dict(saved["state_dict"])
+    with torch.inference_mode():
+        assert predicted == model(torch.from_numpy(test.x[:20])).argmax(1).tolist()
+
+
+def test_external_model_round_trip_and_bad_input(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], start_server: Any
+) -> None:
+    server, policy_path = setup_server(tmp_path, capsys, start_server)
+    home = ParticipantHome.load(tmp_path / "alice")
+    model = build_model("digits-cnn", seed=5).eval()
+    xs = np.random.default_rng(2).random((40, 1, 8, 8), dtype=np.float32)
+    bodies: list[bytes] = []
+    with InferenceClient(server.url, Policy.load(policy_path), identity=home.identity, name=home.name) as client:
+        client.http._http.event_hooks["request"] = [lambda r: bodies.append(r.read())]
+        client.http._http.event_hooks["response"] = [lambda r: bodies.append(r.read())]
+        info = client.deploy_external("ext", "digits-cnn", 1, model.state_dict(), ternary=True)
+        assert info["ternary"] is True and info["owner"] == "alice"
+        predictions = client.classify_many(xs, "ext", top_k=3, concurrency=16)
+        with torch.inference_mode():
+            expected = torch.topk(torch.softmax(model(torch.from_numpy(xs)), 1), 3)
+        assert [p.labels for p in predictions] == expected.indices.tolist()
+        assert np.allclose([p.probabilities for p in predictions], expected.values.numpy(), atol=1e-5)
+        assert {p.front_digest for p in predictions} == {info["front_digest"]}
+        keys = client.enclave.keys
+    everything = b"".join(bodies)
+    for x in xs:  # no input (nor its base64) in any HTTP body, in either direction
+        raw = x.tobytes()
+        assert all(raw[j : j + 16] not in everything for j in range(0, len(raw) - 16, 16))
+        assert base64.b64encode(raw)[:24] not in everything
+
+    def post(body: bytes | dict[str, Any]) -> httpx.Response:
+        content = body if isinstance(body, bytes) else json.dumps(body).encode()
+        return httpx.post(f"{server.url}/v1/infer", content=content, timeout=30)
+
+    rid, key = new_request_id(), aead.new_key()
+    good = {"model_id": "ext", "request_id": rid,
+            "ciphertext": base64.b64encode(seal_request(keys.hpke, "ext", rid, xs[0], 1, key)).decode()}
+    assert post(good).status_code == 200
+    tampered = bytearray(base64.b64decode(good["ciphertext"]))
+    tampered[-1] ^= 1
+    rid2 = new_request_id()
+    cases = [
+        (post(good), 409, "ReplayedRequest"),
+        (post({**good, "request_id": rid2, "ciphertext": base64.b64encode(bytes(tampered)).decode()}), 400,
+         "IntegrityError"),
+        (post(b"{not json"), 400, "BadRequest"),
+        (post({"model_id": "ext"}), 400, "BadRequest"),
+        (post({**good, "request_id": "xyz"}), 400, "BadRequest"),
+        (post({**good, "request_id": new_request_id(), "ciphertext": "AAAA"}), 400, "BadRequest"),
+        (post({**good, "ciphertext": "!!notbase64"}), 400, "BadRequest"),
+        (post({**good, "model_id": "nope"}), 404, "UnknownModel"),
+        (post(b"x" * (2 << 20)), 413, "RequestTooLarge"),
+    ]
+    for response, code, error in cases:
+        assert (response.status_code, response.json()["error"]) == (code, error), response.text
+    assert httpx.get(f"{server.url}/v1/models/nope").status_code == 404
+    with InferenceClient(server.url, Policy.load(policy_path)) as client:
+        assert client.classify(xs[1], "ext", top_k=1).labels == [predictions[1].labels[0]], "still serving"
+    schema = httpx.get(f"{server.url}/openapi.json").json()
+    for path in ("/v1/models", "/v1/models/{model_id}", "/v1/infer"):
+        assert path in schema["paths"]
+    assert {"InferOut", "ModelOut"} <= set(schema["components"]["schemas"])
+    for path, body in (("/v1/infer", "InferIn"), ("/v1/models", "DeployIn")):
+        assert schema["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"]["title"] == body
