@@ -43,7 +43,7 @@ def record_commitments(records: bytes | bytearray | memoryview, payload_size: in
 
     Identical results, but the tag and length framing is hashed once and copied, and payloads are hashed in
     place, which makes committing to a large dataset cost little more than hashing its bytes (the hot path of
-    packing and opening containers; SHA-256 releases the GIL on payloads over 2 KiB, so threads overlap).
+    packing and opening containers; SHA-256 releases the GIL on payloads over 2 KiB, so decryption overlaps).
     """
     view = memoryview(records).cast("B")
     stride = 8 + payload_size
