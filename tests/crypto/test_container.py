@@ -112,10 +112,10 @@ def test_round_trip() -> None:
     expected = records(0)
     assert len(opened) == RECORDS and opened.header.chunk_count == 4
     assert [(bytes(p), lab) for p, lab in opened.records()] == expected
-    assert bytes(opened.payloads) == b"".join(p for p, _ in expected)
+    assert opened.payloads.tobytes() == b"".join(p for p, _ in expected)
     assert opened.labels == tuple(lab for _, lab in expected)
     assert opened.record_hashes == tuple(record_commitment(p, lab) for p, lab in expected)
-    assert opened.payloads.readonly
+    assert not opened.payloads.flags.writeable and opened.payload(0).readonly
     header = opened.header
     assert (header.dataset_id, header.participant_id, header.schema) == ("ds-1", "alice", SCHEMA)
     assert header.participant_key == alice().public_key
@@ -165,8 +165,8 @@ def test_round_trip_any_records_and_chunking(recs: list[tuple[bytes, int]], chun
 
 @given(st.lists(st.tuples(st.binary(min_size=5, max_size=5), st.integers(-(2**63), 2**63 - 1)), max_size=20))
 def test_batched_commitments_equal_record_commitment(recs: list[tuple[bytes, int]]) -> None:
-    labels = struct.pack(f">{len(recs)}q", *(lab for _, lab in recs))
-    assert record_commitments(b"".join(p for p, _ in recs), labels, 5) == [
+    laid_out = b"".join(struct.pack(">q", lab) + p for p, lab in recs)
+    assert record_commitments(laid_out, 5) == [
         record_commitment(*r) for r in recs
     ]
 

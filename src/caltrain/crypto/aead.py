@@ -56,12 +56,33 @@ def decrypt(key: bytes, blob: BytesLike, aad: bytes, *, what: str = "ciphertext"
 
 def decrypt_with(aes: AESGCM, blob: BytesLike, aad: bytes, *, what: str = "ciphertext") -> bytes:
     """`decrypt` with a prepared cipher (hot loops); `blob` may be a memoryview slice, it is not copied."""
+    nonce, body = _split(blob, what)
+    try:
+        return aes.decrypt(nonce, body, aad)
+    except InvalidTag:
+        raise _failed(what) from None
+
+
+def decrypt_into(
+    aes: AESGCM, blob: BytesLike, aad: bytes, out: bytearray | memoryview, *, what: str = "ciphertext"
+) -> None:
+    """`decrypt_with` writing into `out` (exactly the plaintext's length): no allocation, no copy for bulk data.
+
+    On failure `out` may hold unauthenticated bytes: the caller must discard it, never read it.
+    """
+    nonce, body = _split(blob, what)
+    try:
+        aes.decrypt_into(nonce, body, aad, out)
+    except InvalidTag:
+        raise _failed(what) from None
+
+
+def _split(blob: BytesLike, what: str) -> tuple[memoryview, memoryview]:
     view = memoryview(blob)
     if len(view) < NONCE_BYTES + TAG_BYTES:
         raise IntegrityError(f"{what} is {len(view)} bytes, shorter than nonce and tag")
-    try:
-        return aes.decrypt(view[:NONCE_BYTES], view[NONCE_BYTES:], aad)
-    except InvalidTag:
-        raise IntegrityError(
-            f"{what} failed authentication: wrong key, tampered bytes or wrong associated data"
-        ) from None
+    return view[:NONCE_BYTES], view[NONCE_BYTES:]
+
+
+def _failed(what: str) -> IntegrityError:
+    return IntegrityError(f"{what} failed authentication: wrong key, tampered bytes or wrong associated data")

@@ -25,10 +25,10 @@ INDEX_LABEL = "datasets-index/v1"
 
 @dataclass(frozen=True)
 class IngestedDataset:
-    """One participant's verified records: fixed-size payloads back to back, labels, commitments."""
+    """One participant's verified records: fixed-size payloads, labels, commitments."""
 
     header: ContainerHeader
-    payloads: np.ndarray  # uint8, (record_count, payload_size), read-only
+    payloads: np.ndarray  # uint8, (record_count, payload_size), read-only, rows strided (see OpenedContainer)
     labels: np.ndarray  # int64, (record_count,)
     record_hashes: tuple[bytes, ...]
 
@@ -51,11 +51,9 @@ class IngestedDataset:
 
     @classmethod
     def from_opened(cls, opened: OpenedContainer) -> IngestedDataset:
-        size = opened.header.payload_size
-        payloads = np.frombuffer(opened.payloads, dtype=np.uint8).reshape(-1, size)
         labels = np.asarray(opened.labels, dtype=np.int64)
         labels.setflags(write=False)
-        return cls(opened.header, payloads, labels, opened.record_hashes)
+        return cls(opened.header, opened.payloads, labels, opened.record_hashes)
 
 
 class DatasetStore:

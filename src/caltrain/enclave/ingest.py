@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import time
 
 from caltrain.crypto.container import open_container, read_header
 from caltrain.crypto.errors import ContainerMismatch
@@ -52,11 +53,15 @@ def ingest(ctx: EnclaveContext, req: IngestDataset) -> DatasetInfo:
     store = datasets(ctx)
     store.check_new(header.dataset_id)
     data_key = ctx.hpke.unwrap_key(req.wrapped_key, context=wrap_context(header.dataset_id, member.name))
+    started = time.perf_counter()
     opened = open_container(
         req.container, data_key, participant_key=member.public_key, expected_dataset_id=header.dataset_id
     )
+    opened_at = time.perf_counter()
     dataset = store.add(req.container, data_key, opened)
-    return DatasetInfo(**dataset.info())
+    return DatasetInfo(
+        **dataset.info(), open_seconds=opened_at - started, store_seconds=time.perf_counter() - opened_at
+    )
 
 
 @ecall(ListDatasets)

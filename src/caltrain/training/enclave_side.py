@@ -57,9 +57,10 @@ def stack_datasets(parts: list[IngestedDataset]) -> tuple[torch.Tensor, torch.Te
     if len(shapes) != 1 or any(d.header.schema.get("dtype") != "float32" for d in parts):
         raise DataError(f"datasets must all hold float32 records of one shape, got {sorted(shapes)}")
     (shape,) = shapes
-    x = np.concatenate([np.frombuffer(d.payloads.tobytes(), dtype=np.float32).reshape(-1, *shape) for d in parts])
+    # concatenate gathers the strided payload rows into one fresh, writable array: the only copy made
+    x = np.concatenate([d.payloads for d in parts]).view(np.float32).reshape(-1, *shape)
     y = np.concatenate([d.labels for d in parts])
-    return torch.from_numpy(x.copy()), torch.from_numpy(y.copy())
+    return torch.from_numpy(x), torch.from_numpy(y)
 
 
 @dataclass
