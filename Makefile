@@ -27,6 +27,10 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/ingest_throughput.py
+	$(PY) benchmarks/training_overhead.py
+	$(PY) benchmarks/inference_load.py
+	$(PY) benchmarks/trace_scale.py
+	$(PY) benchmarks/accountability.py --quick --out out/bench-accountability
 
 clean:
 	rm -rf out .pytest_cache .mypy_cache .ruff_cache

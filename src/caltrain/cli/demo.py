@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -37,6 +38,7 @@ from caltrain.service.participant import ParticipantHome
 from caltrain.training.config import TrainConfig
 from caltrain.training.plain import train_plain
 
+MARKER = ".caltrain-demo"
 PARTICIPANTS = ("hospital-a", "hospital-b", "lab-c", "clinic-d")
 AUDITOR = "auditor"
 BACKDOOR = "lab-c"  # plants a BadNets backdoor: trigger patch + relabel to TARGET
@@ -160,8 +162,11 @@ def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     out: Path = args.out
     if out.exists() and any(out.iterdir()):
-        raise CaltrainError(f"{out} is not empty; pass another --out")
+        if not (out / MARKER).exists():
+            raise CaltrainError(f"{out} is not empty and not an earlier demo's output; pass another --out")
+        shutil.rmtree(out)  # an earlier demo run: start afresh (its keys and state are throwaway)
     out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).write_text("written by `caltrain demo`; the next demo run into this folder replaces it\n")
     epochs = args.epochs or (20 if args.dataset == "digits" else 2)
     say("caltrain demo — SIMULATED TEE: the enclave is an ordinary process here (no hardware protection)")
 
