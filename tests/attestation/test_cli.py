@@ -57,11 +57,17 @@ def test_text_output_and_missing_vcek(capsys: pytest.CaptureFixture[str]) -> Non
 
 def test_gramine_manifest(tmp_path: Path) -> None:
     out = tmp_path / "caltrain.manifest.template"
-    assert main(["enclave", "gramine-manifest", "--state-dir", "/srv/sealed", "-o", str(out)]) == 0
+    consortium = tmp_path / "consortium.json"
+    consortium.write_text('{"version": 1, "members": []}')
+    args = ["enclave", "gramine-manifest", "--consortium", str(consortium), "--port", "7911"]
+    assert main([*args, "--state-dir", "/srv/sealed", "-o", str(out)]) == 0
     text = out.read_text()
+    # fixed, measured argv: connect back to the host, sealed state in the encrypted mount, measured consortium
+    assert '"--connect", "127.0.0.1:7911"' in text and '"--backend", "sgx-dcap"' in text
+    assert f'"--config", "{consortium}"' in text and f'"file:{consortium}"' in text
     assert "@" not in text.replace("_sgx_mrenclave", "")  # every caltrain field was filled in
     assert 'sgx.remote_attestation = "dcap"' in text and "sgx.debug = false" in text
     assert '"-m", "caltrain.enclave.main"' in text
     assert '{ type = "encrypted", path = "/srv/sealed"' in text
     assert "{{ gramine.libos }}" in text  # left for gramine-manifest
-    assert main(["enclave", "gramine-manifest", "--state-dir", "relative"]) == 2
+    assert main([*args, "--state-dir", "relative"]) == 2

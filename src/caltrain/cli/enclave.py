@@ -29,11 +29,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--max-threads", type=int, default=32)
     g.add_argument("--isv-prod-id", type=int, default=0)
     g.add_argument("--isv-svn", type=int, default=0, help="raise on every security fix; policies pin a minimum")
+    g.add_argument("--consortium", type=Path, required=True, help="consortium file, measured as a trusted file")
+    g.add_argument("--port", type=int, default=7801, help="loopback port `caltrain serve --enclave-port` listens on")
     g.add_argument("-o", "--output", type=Path, help="write here instead of stdout")
     g.set_defaults(func=run)
 
 
-def render(*, state_dir: Path, enclave_size: str, max_threads: int, isv_prod_id: int = 0, isv_svn: int = 0) -> str:
+def render(
+    *,
+    state_dir: Path,
+    consortium: Path,
+    enclave_size: str,
+    max_threads: int,
+    port: int = 7801,
+    isv_prod_id: int = 0,
+    isv_svn: int = 0,
+) -> str:
     if not re.fullmatch(r"[1-9][0-9]*[KMG]", enclave_size):
         raise EnclaveError(f"enclave size {enclave_size!r} must look like 16G")
     if not (0 <= isv_prod_id < 1 << 16 and 0 <= isv_svn < 1 << 16):
@@ -46,6 +57,8 @@ def render(*, state_dir: Path, enclave_size: str, max_threads: int, isv_prod_id:
         "SITE_PACKAGES": sysconfig.get_paths()["purelib"],
         "CALTRAIN_SRC": str(Path(caltrain.__file__).resolve().parent),
         "STATE_DIR": str(state_dir),
+        "CONSORTIUM": str(consortium.resolve()),
+        "PORT": str(port),
         "ENCLAVE_SIZE": enclave_size,
         "MAX_THREADS": str(max_threads),
         "THREADS": str(max(1, max_threads - 4)),  # leave threads for Gramine's helpers and the channel
@@ -60,6 +73,8 @@ def render(*, state_dir: Path, enclave_size: str, max_threads: int, isv_prod_id:
 def run(args: argparse.Namespace) -> int:
     text = render(
         state_dir=args.state_dir,
+        consortium=args.consortium,
+        port=args.port,
         enclave_size=args.enclave_size,
         max_threads=args.max_threads,
         isv_prod_id=args.isv_prod_id,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shlex
 from pathlib import Path
 
 from caltrain.enclave.consortium import Consortium
@@ -26,6 +27,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--max-batch", type=int, default=64, help="inference: most requests per batch")
     p.add_argument("--max-wait-ms", type=float, default=2.0, help="inference: wait after a first request")
+    p.add_argument(
+        "--launcher",
+        help="command that starts the enclave in its TEE, e.g. 'gramine-sgx caltrain-enclave' (its manifest fixes "
+        "the enclave's argv and makes it connect back to --enclave-port); default: a local simulated process",
+    )
+    p.add_argument("--enclave-port", type=int, default=7801, help="loopback port the launched enclave connects to")
     p.set_defaults(func=run)
 
 
@@ -34,15 +41,26 @@ def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from caltrain.enclave.allocator import keep_freed_memory
+    from caltrain.enclave.host import EnclaveHost
+    from caltrain.enclave.manifest import EnclaveConfig
     from caltrain.inference.serving import BatchingConfig
     from caltrain.service.app import create_app
 
     torch.set_num_threads(args.threads)
     keep_freed_memory()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    consortium = Consortium.load(args.consortium)
+    enclave = EnclaveHost(
+        state_dir=args.state,
+        config=EnclaveConfig(consortium),
+        backend=args.backend,
+        launcher=shlex.split(args.launcher) if args.launcher else (),
+        listen_port=args.enclave_port,
+    )
     app = create_app(
         state_dir=args.state,
-        consortium=Consortium.load(args.consortium),
+        consortium=consortium,
+        enclave=enclave,
         backend=args.backend,
         device=args.device,
         batching=BatchingConfig(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms),

@@ -26,8 +26,8 @@ _AAD_TAG = "caltrain/sealed/v1"
 
 def derive_sealing_key(platform_secret: bytes, measurement: bytes) -> bytes:
     """HKDF-SHA256 of the platform secret, bound to the measurement: other code derives another key."""
-    if len(platform_secret) < 32:
-        raise InvalidKey(f"platform secret must be at least 32 bytes, got {len(platform_secret)}")
+    if len(platform_secret) < 16:  # SGX seal keys (EGETKEY, as Gramine exposes them) are 128-bit
+        raise InvalidKey(f"platform secret must be at least 16 bytes, got {len(platform_secret)}")
     info = tagged_hash(_KDF_TAG, measurement)
     hkdf = HKDF(algorithm=hashes.SHA256(), length=aead.KEY_BYTES, salt=None, info=info)
     return hkdf.derive(platform_secret)

@@ -42,12 +42,16 @@ class EnclaveHost:
         config: EnclaveConfig,
         backend: str = "simulated",
         launcher: Sequence[str] = (),
+        listen_port: int = 7801,
+        start_timeout_s: float = 300.0,
         tap: Tap | None = None,
     ) -> None:
         self.state_dir = Path(state_dir)
         self.config = config
         self.backend = backend
         self.launcher = tuple(launcher)
+        self.listen_port = listen_port
+        self.start_timeout_s = start_timeout_s
         self._tap = tap
         self._lock = threading.Lock()
         self._proc: subprocess.Popen[bytes] | None = None
@@ -55,24 +59,40 @@ class EnclaveHost:
         self.ready: Ready | None = None
 
     def start(self) -> Ready:
+        """Launch the enclave process and wait for its `Ready`.
+
+        Without a launcher the enclave is this interpreter, spawned fresh, and inherits one end of a socket
+        pair. With a launcher (e.g. `gramine-sgx caltrain-enclave`), whose argv is fixed in its measured
+        manifest, the host listens on `listen_port` on loopback and the enclave connects.
+        """
         self.state_dir.mkdir(parents=True, exist_ok=True)
         (self.state_dir / CONFIG_FILE).write_bytes(self.config.consortium.canonical_bytes())
-        host_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        cmd = [
-            *self.launcher,
-            sys.executable,
-            "-m",
-            "caltrain.enclave.main",
-            "--fd",
-            str(child_sock.fileno()),
-            "--state",
-            str(self.state_dir),
-            "--backend",
-            self.backend,
-        ]
         env = {**os.environ, **_THREAD_ENV, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
-        self._proc = subprocess.Popen(cmd, pass_fds=[child_sock.fileno()], env=env, stdin=subprocess.DEVNULL)
-        child_sock.close()
+        if self.launcher:
+            with socket.create_server(("127.0.0.1", self.listen_port)) as server:
+                self._proc = subprocess.Popen(list(self.launcher), env=env, stdin=subprocess.DEVNULL)
+                server.settimeout(self.start_timeout_s)
+                try:
+                    host_sock, _ = server.accept()
+                except TimeoutError:
+                    self._proc.kill()
+                    raise EnclaveError(f"the enclave did not connect within {self.start_timeout_s:.0f} s") from None
+                host_sock.settimeout(None)
+        else:
+            host_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            cmd = [
+                sys.executable,
+                "-m",
+                "caltrain.enclave.main",
+                "--fd",
+                str(child_sock.fileno()),
+                "--state",
+                str(self.state_dir),
+                "--backend",
+                self.backend,
+            ]
+            self._proc = subprocess.Popen(cmd, pass_fds=[child_sock.fileno()], env=env, stdin=subprocess.DEVNULL)
+            child_sock.close()
         self._channel = Channel(host_sock, tap=self._tap)
         try:
             ready = self._channel.recv()

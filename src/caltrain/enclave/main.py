@@ -22,7 +22,7 @@ from pathlib import Path  # noqa: E402
 
 from caltrain.enclave.boot import boot  # noqa: E402
 from caltrain.enclave.channel import Channel, ChannelClosed  # noqa: E402
-from caltrain.enclave.manifest import ECALL_MODULES  # noqa: E402
+from caltrain.enclave.manifest import CONFIG_FILE, ECALL_MODULES  # noqa: E402
 from caltrain.enclave.runtime import dispatch  # noqa: E402
 from caltrain.enclave.wire import Failure, Ok, Ready, Shutdown  # noqa: E402
 from caltrain.errors import CaltrainError  # noqa: E402
@@ -30,15 +30,24 @@ from caltrain.errors import CaltrainError  # noqa: E402
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="caltrain-enclave")
-    parser.add_argument("--fd", type=int, required=True, help="inherited socket to the host")
+    link = parser.add_mutually_exclusive_group(required=True)
+    link.add_argument("--fd", type=int, help="inherited socket to the host (a spawned process)")
+    link.add_argument("--connect", metavar="HOST:PORT", help="connect to the host (under Gramine, which passes no fds)")
     parser.add_argument("--state", type=Path, required=True, help="directory for sealed state")
+    parser.add_argument("--config", type=Path, help=f"enclave configuration (default: STATE/{CONFIG_FILE})")
     parser.add_argument("--backend", default="simulated")
     args = parser.parse_args(argv)
-    channel = Channel(socket.socket(fileno=args.fd))
+    if args.fd is not None:
+        sock = socket.socket(fileno=args.fd)
+    else:
+        host, _, port = args.connect.rpartition(":")
+        sock = socket.create_connection((host, int(port)), timeout=60)
+        sock.settimeout(None)
+    channel = Channel(sock)
     for name in ECALL_MODULES:
         importlib.import_module(name)
     try:
-        ctx = boot(state_dir=args.state, backend=args.backend)
+        ctx = boot(state_dir=args.state, backend=args.backend, config_path=args.config or args.state / CONFIG_FILE)
     except CaltrainError as exc:  # e.g. tampered sealed state: tell the host why, then stop
         channel.send(Failure(error=type(exc).__name__, detail=str(exc)))
         return 1

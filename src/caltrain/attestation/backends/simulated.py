@@ -33,7 +33,6 @@ class SimulatedPlatform:
 
     identity: Identity
     sealing_secret: bytes
-    directory: Path
 
     @classmethod
     def load_or_create(cls, directory: Path) -> SimulatedPlatform:
@@ -45,32 +44,11 @@ class SimulatedPlatform:
             fd = os.open(secret_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "wb") as f:
                 f.write(os.urandom(32))
-        return cls(Identity.load(key_path), secret_path.read_bytes(), directory)
+        return cls(Identity.load(key_path), secret_path.read_bytes())
 
     @property
     def public_key(self) -> bytes:
         return self.identity.public_key
-
-    def counter_read(self, name: str) -> int:
-        """A monotonic counter, as TPM NV counters provide on real platforms. Simulated: a file the host
-        could roll back too, so rollback protection holds here only against a host that leaves this dir alone."""
-        path = self._counter_path(name)
-        return int(path.read_text()) if path.exists() else 0
-
-    def counter_increment(self, name: str) -> int:
-        value = self.counter_read(name) + 1
-        path = self._counter_path(name)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(str(value))
-        os.replace(tmp, path)
-        return value
-
-    def _counter_path(self, name: str) -> Path:
-        if not name.replace("-", "").replace("_", "").isalnum():
-            raise ValueError(f"counter name {name!r} must be alphanumeric")
-        directory = self.directory / "counters"
-        directory.mkdir(exist_ok=True)
-        return directory / name
 
 
 class SimulatedCollector:
