@@ -41,9 +41,15 @@ class CaltrainClient:
     """A small synchronous client. With an identity, requests that need a member are signed."""
 
     def __init__(
-        self, server: str, *, identity: Identity | None = None, name: str | None = None, timeout: float = 300.0
+        self,
+        server: str,
+        *,
+        identity: Identity | None = None,
+        name: str | None = None,
+        timeout: float = 300.0,
+        transport: httpx.BaseTransport | None = None,
     ) -> None:
-        self._http = httpx.Client(base_url=server.rstrip("/"), timeout=timeout)
+        self._http = httpx.Client(base_url=server.rstrip("/"), timeout=timeout, transport=transport)
         self._identity = identity
         self._name = name
 
