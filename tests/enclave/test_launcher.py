@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import sys
 from pathlib import Path
 
@@ -13,17 +12,12 @@ from caltrain.enclave.host import EnclaveHost
 from caltrain.enclave.manifest import EnclaveConfig
 from caltrain.enclave.wire import DatasetInfo, DatasetList, ListDatasets
 from caltrain.errors import EnclaveError
+from caltrain.service.loopback import free_port
 from tests.helpers import People, digits_shares, pack, submission
 
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_enclave_launched_with_fixed_argv_connects_back(people: People, tmp_path: Path) -> None:
-    port = _port()
+    port = free_port()
     launcher = [
         sys.executable,
         "-m",
@@ -48,7 +42,7 @@ def test_launcher_that_never_connects_times_out(people: People, tmp_path: Path) 
         state_dir=tmp_path,
         config=EnclaveConfig(people.consortium),
         launcher=[sys.executable, "-c", "import time; time.sleep(30)"],
-        listen_port=_port(),
+        listen_port=free_port(),
         start_timeout_s=1,
     )
     with pytest.raises(EnclaveError, match="did not connect"):

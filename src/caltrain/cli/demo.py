@@ -11,15 +11,11 @@ import argparse
 import json
 import os
 import shutil
-import socket
-import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
@@ -34,6 +30,7 @@ from caltrain.errors import CaltrainError
 from caltrain.exposure.assess import assess
 from caltrain.models import build_model, spec_for_dataset
 from caltrain.service.client import CaltrainClient, draft_policy
+from caltrain.service.loopback import LoopbackServer
 from caltrain.service.participant import ParticipantHome
 from caltrain.training.config import TrainConfig
 from caltrain.training.plain import train_plain
@@ -95,54 +92,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def say(text: str) -> None:
     print(text, flush=True)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class LoopbackServer:
-    """`caltrain serve` in its own process group, stopped when the demo ends."""
-
-    def __init__(self, state: Path, consortium: Path, log: Path) -> None:
-        self.url = f"http://127.0.0.1:{_free_port()}"
-        port = self.url.rsplit(":", 1)[1]
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
-        cmd = [
-            sys.executable,
-            "-m",
-            "caltrain",
-            "serve",
-            "--state",
-            str(state),
-            "--port",
-            port,
-            "--consortium",
-            str(consortium),
-        ]
-        self.log = log
-        self.proc = subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env)
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise CaltrainError(f"server exited early; see {log}")
-            try:
-                if httpx.get(f"{self.url}/v1/health", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                time.sleep(0.3)
-        self.stop()
-        raise CaltrainError(f"server did not start within 90 s; see {log}")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
 
 
 def demo_data(name: str, records: int, seed: int) -> tuple[ArrayDataset, ArrayDataset]:
