@@ -172,14 +172,17 @@ class ForwardOut(Message):
 
 @message
 class FrontBackward(Message):
-    """dL/dIR for train step `step` is in shared memory: backpropagate and update the FrontNet."""
+    """dL/dIR for train step `step` is in shared memory: backpropagate and update the FrontNet; with
+    `forward_next`, also run the next step's forward (one hand-off per step instead of two)."""
 
     step: int
+    forward_next: bool
 
 
 @message
 class BackwardOut(Message):
     checkpointed: bool
+    next_batch: int  # size of the next step's batch now in shared memory; 0 when not asked to forward
 
 
 @message

@@ -213,27 +213,33 @@ def start(ctx: EnclaveContext, req: TrainStart) -> TrainReady:
     )
 
 
+def _train_forward(job: Job, step: int) -> int:
+    if step != job.next_step or job.pending is not None or step >= job.total_steps:
+        raise StepOutOfOrder(f"forward of step {step} requested; the next step is {job.next_step}")
+    xb, yb = training_batch(job.x, job.y, job.config, step)
+    ir = job.part.front(xb)
+    job.pending = ir
+    job.ir.view(ir.shape).copy_(ir.detach())
+    job.labels.view(yb.shape).copy_(yb)
+    return len(yb)
+
+
 @ecall(FrontForward)
 def forward(ctx: EnclaveContext, req: FrontForward) -> ForwardOut:
     job = _job(ctx)
     if req.phase == "train":
-        if req.index != job.next_step or job.pending is not None or req.index >= job.total_steps:
-            raise StepOutOfOrder(f"forward of step {req.index} requested; the next step is {job.next_step}")
-        xb, yb = training_batch(job.x, job.y, job.config, req.index)
-        ir = job.part.front(xb)
-        job.pending = ir
-    elif req.phase == "eval":
-        start_at = req.index * EVAL_BATCH
-        if not 0 <= start_at < len(job.eval_y):
-            raise StepOutOfOrder(f"eval batch {req.index} is out of range")
-        xb, yb = job.eval_x[start_at : start_at + EVAL_BATCH], job.eval_y[start_at : start_at + EVAL_BATCH]
-        job.part.front.eval()
-        with torch.no_grad():
-            ir = job.part.front(xb)
-        job.part.front.train()
-    else:
+        return ForwardOut(batch=_train_forward(job, req.index))
+    if req.phase != "eval":
         raise StepOutOfOrder(f"unknown phase {req.phase!r}")
-    job.ir.view(ir.shape).copy_(ir.detach())
+    start_at = req.index * EVAL_BATCH
+    if not 0 <= start_at < len(job.eval_y):
+        raise StepOutOfOrder(f"eval batch {req.index} is out of range")
+    xb, yb = job.eval_x[start_at : start_at + EVAL_BATCH], job.eval_y[start_at : start_at + EVAL_BATCH]
+    job.part.front.eval()
+    with torch.no_grad():
+        ir = job.part.front(xb)
+    job.part.front.train()
+    job.ir.view(ir.shape).copy_(ir)
     job.labels.view(yb.shape).copy_(yb)
     return ForwardOut(batch=len(yb))
 
@@ -254,7 +260,8 @@ def backward(ctx: EnclaveContext, req: FrontBackward) -> BackwardOut:
     checkpoint = is_checkpoint_step(job.next_step, job.spe, job.config)
     if checkpoint:
         save_checkpoint(ctx, job)
-    return BackwardOut(checkpointed=checkpoint)
+    next_batch = _train_forward(job, job.next_step) if req.forward_next else 0
+    return BackwardOut(checkpointed=checkpoint, next_batch=next_batch)
 
 
 @ecall(TrainEnd)

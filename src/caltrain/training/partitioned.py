@@ -64,6 +64,7 @@ class PartitionedTrainer:
         self.grad = SharedTensor.create(capacity, "float32")
         self.labels = SharedTensor.create(max(config.batch_size, EVAL_BATCH), "int64")
         self.boundary_seconds = 0.0
+        self._ready_batch = 0  # a train IR the enclave already wrote to shared memory, and its batch size
 
     def close(self) -> None:
         for slot in (self.ir, self.grad, self.labels):
@@ -115,9 +116,11 @@ class PartitionedTrainer:
             self._save_back(0)
         return ready
 
-    def step(self, step: int) -> tuple[float, int, int]:
-        """One training step; returns (loss, correct, batch size)."""
-        n = self._call(FrontForward(phase="train", index=step), ForwardOut).batch
+    def step(self, step: int, *, forward_next: bool = False) -> tuple[float, int, int]:
+        """One training step; returns (loss, correct, batch size). With `forward_next` the enclave computes the
+        next step's IR in the same call as this step's update, so each step costs one hand-off, not two."""
+        n = self._ready_batch or self._call(FrontForward(phase="train", index=step), ForwardOut).batch
+        self._ready_batch = 0
         ir = self.ir.view((n, *self.ir_shape)).to(self.device).requires_grad_()
         labels = self.labels.view((n,)).to(self.device)
         logits = self.back(ir)
@@ -127,8 +130,10 @@ class PartitionedTrainer:
         self.optimizer.step()
         assert ir.grad is not None
         self.grad.view((n, *self.ir_shape)).copy_(ir.grad)
-        if self._call(FrontBackward(step=step), BackwardOut).checkpointed:
+        out = self._call(FrontBackward(step=step, forward_next=forward_next), BackwardOut)
+        if out.checkpointed:
             self._save_back(step + 1)
+        self._ready_batch = out.next_batch
         return loss.item(), int((logits.argmax(1) == labels).sum()), n
 
     def evaluate(self, records: int) -> float | None:
@@ -153,7 +158,9 @@ class PartitionedTrainer:
         while step < ready.total_steps:
             if stop_after is not None and step >= stop_after:
                 return report
-            loss, ok, n = self.step(step)
+            last = min(ready.total_steps, stop_after if stop_after is not None else ready.total_steps)
+            # Not across an epoch end (evaluation reuses the IR slot) nor past where this run stops.
+            loss, ok, n = self.step(step, forward_next=(step + 1) % spe != 0 and step + 1 < last)
             loss_sum, correct, seen, step = loss_sum + loss * n, correct + ok, seen + n, step + 1
             if step % spe == 0:
                 seconds = time.perf_counter() - epoch_started
