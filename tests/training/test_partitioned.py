@@ -165,10 +165,10 @@ def test_enclave_refuses_steps_out_of_order(host: EnclaveHost, tmp_path: Path) -
     trainer = PartitionedTrainer(host, CONFIG, job_id="order", workdir=tmp_path / "w")
     trainer.start()
     with pytest.raises(StepOutOfOrder):
-        host.call(FrontBackward(step=0, forward_next=False), BackwardOut)  # no forward yet
+        host.call(FrontBackward(step=0, forward_next=False, grad_layout="contiguous"), BackwardOut)  # no forward yet
     with pytest.raises(StepOutOfOrder):
         host.call(FrontForward(phase="train", index=3), ForwardOut)  # skipping steps
     host.call(FrontForward(phase="train", index=0), ForwardOut)
     trainer.grad.view((32, *trainer.ir_shape)).fill_(float("nan"))
     with pytest.raises(StepOutOfOrder, match="NaN"):
-        host.call(FrontBackward(step=0, forward_next=False), BackwardOut)
+        host.call(FrontBackward(step=0, forward_next=False, grad_layout="contiguous"), BackwardOut)

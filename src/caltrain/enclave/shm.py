@@ -19,6 +19,17 @@ SHM_DIR = Path("/dev/shm") if Path("/dev/shm").is_dir() else Path(tempfile.gette
 
 _DTYPES = {"float32": torch.float32, "int64": torch.int64}
 
+# How a 4-D tensor's elements lie in the slot. Keeping the producer's layout matters: oneDNN hands convolution
+# outputs and gradients over channels-last, and converting them to NCHW on the way made both sides' kernels
+# take slower paths (measured: the FrontNet backward 17.7 ms instead of 9.2 ms on the 28x28 CNN).
+LAYOUTS = ("contiguous", "channels_last")
+
+
+def layout_of(tensor: torch.Tensor) -> str:
+    if tensor.dim() == 4 and not tensor.is_contiguous() and tensor.is_contiguous(memory_format=torch.channels_last):
+        return "channels_last"
+    return "contiguous"
+
 
 class SharedTensor:
     """A flat shared buffer of `capacity` elements; `view(shape)` gives a tensor on its first elements."""
@@ -45,11 +56,23 @@ class SharedTensor:
         os.unlink(name)
         return cls(Path(name), capacity, dtype, create=True)
 
-    def view(self, shape: tuple[int, ...] | list[int]) -> torch.Tensor:
+    def view(self, shape: tuple[int, ...] | list[int], layout: str = "contiguous") -> torch.Tensor:
+        """The slot's first elements as a tensor of `shape`, laid out as `layout` (see `LAYOUTS`)."""
         n = math.prod(shape)
         if n > self.capacity:
             raise EnclaveError(f"tensor of shape {tuple(shape)} does not fit a slot of {self.capacity} elements")
+        if layout == "channels_last" and len(shape) == 4:
+            b, c, h, w = shape
+            return self._flat[:n].view(b, h, w, c).permute(0, 3, 1, 2)
+        if layout not in LAYOUTS:
+            raise EnclaveError(f"unknown tensor layout {layout!r}; use one of {LAYOUTS}")
         return self._flat[:n].view(*shape)
+
+    def put(self, tensor: torch.Tensor) -> str:
+        """Copy `tensor` in, keeping its layout; returns the layout the reader must view it with."""
+        layout = layout_of(tensor)
+        self.view(tuple(tensor.shape), layout).copy_(tensor.detach())
+        return layout
 
     def unlink(self) -> None:
         self.path.unlink(missing_ok=True)

@@ -168,6 +168,7 @@ class FrontForward(Message):
 @message
 class ForwardOut(Message):
     batch: int
+    layout: str  # of the IR in shared memory (caltrain.enclave.shm.LAYOUTS)
 
 
 @message
@@ -177,12 +178,14 @@ class FrontBackward(Message):
 
     step: int
     forward_next: bool
+    grad_layout: str
 
 
 @message
 class BackwardOut(Message):
     checkpointed: bool
     next_batch: int  # size of the next step's batch now in shared memory; 0 when not asked to forward
+    next_layout: str
 
 
 @message

@@ -213,22 +213,23 @@ def start(ctx: EnclaveContext, req: TrainStart) -> TrainReady:
     )
 
 
-def _train_forward(job: Job, step: int) -> int:
+def _train_forward(job: Job, step: int) -> tuple[int, str]:
     if step != job.next_step or job.pending is not None or step >= job.total_steps:
         raise StepOutOfOrder(f"forward of step {step} requested; the next step is {job.next_step}")
     xb, yb = training_batch(job.x, job.y, job.config, step)
     ir = job.part.front(xb)
     job.pending = ir
-    job.ir.view(ir.shape).copy_(ir.detach())
+    layout = job.ir.put(ir)
     job.labels.view(yb.shape).copy_(yb)
-    return len(yb)
+    return len(yb), layout
 
 
 @ecall(FrontForward)
 def forward(ctx: EnclaveContext, req: FrontForward) -> ForwardOut:
     job = _job(ctx)
     if req.phase == "train":
-        return ForwardOut(batch=_train_forward(job, req.index))
+        batch, layout = _train_forward(job, req.index)
+        return ForwardOut(batch=batch, layout=layout)
     if req.phase != "eval":
         raise StepOutOfOrder(f"unknown phase {req.phase!r}")
     start_at = req.index * EVAL_BATCH
@@ -239,9 +240,9 @@ def forward(ctx: EnclaveContext, req: FrontForward) -> ForwardOut:
     with torch.no_grad():
         ir = job.part.front(xb)
     job.part.front.train()
-    job.ir.view(ir.shape).copy_(ir)
+    layout = job.ir.put(ir)
     job.labels.view(yb.shape).copy_(yb)
-    return ForwardOut(batch=len(yb))
+    return ForwardOut(batch=len(yb), layout=layout)
 
 
 @ecall(FrontBackward)
@@ -249,7 +250,7 @@ def backward(ctx: EnclaveContext, req: FrontBackward) -> BackwardOut:
     job = _job(ctx)
     if job.pending is None or req.step != job.next_step:
         raise StepOutOfOrder(f"backward of step {req.step} requested; awaiting step {job.next_step}")
-    grad = job.grad.view(job.pending.shape).clone()
+    grad = job.grad.view(tuple(job.pending.shape), req.grad_layout).clone(memory_format=torch.preserve_format)
     if not torch.isfinite(grad).all():
         raise StepOutOfOrder(f"gradient for step {req.step} holds NaN or infinity; step not applied")
     job.optimizer.zero_grad(set_to_none=True)
@@ -260,8 +261,8 @@ def backward(ctx: EnclaveContext, req: FrontBackward) -> BackwardOut:
     checkpoint = is_checkpoint_step(job.next_step, job.spe, job.config)
     if checkpoint:
         save_checkpoint(ctx, job)
-    next_batch = _train_forward(job, job.next_step) if req.forward_next else 0
-    return BackwardOut(checkpointed=checkpoint, next_batch=next_batch)
+    next_batch, layout = _train_forward(job, job.next_step) if req.forward_next else (0, "contiguous")
+    return BackwardOut(checkpointed=checkpoint, next_batch=next_batch, next_layout=layout)
 
 
 @ecall(TrainEnd)

@@ -64,7 +64,7 @@ class PartitionedTrainer:
         self.grad = SharedTensor.create(capacity, "float32")
         self.labels = SharedTensor.create(max(config.batch_size, EVAL_BATCH), "int64")
         self.boundary_seconds = 0.0
-        self._ready_batch = 0  # a train IR the enclave already wrote to shared memory, and its batch size
+        self._ready: tuple[int, str] | None = None  # a train IR already in shared memory: batch size, layout
 
     def close(self) -> None:
         for slot in (self.ir, self.grad, self.labels):
@@ -119,9 +119,11 @@ class PartitionedTrainer:
     def step(self, step: int, *, forward_next: bool = False) -> tuple[float, int, int]:
         """One training step; returns (loss, correct, batch size). With `forward_next` the enclave computes the
         next step's IR in the same call as this step's update, so each step costs one hand-off, not two."""
-        n = self._ready_batch or self._call(FrontForward(phase="train", index=step), ForwardOut).batch
-        self._ready_batch = 0
-        ir = self.ir.view((n, *self.ir_shape)).to(self.device).requires_grad_()
+        if self._ready is None:
+            out = self._call(FrontForward(phase="train", index=step), ForwardOut)
+            self._ready = (out.batch, out.layout)
+        (n, layout), self._ready = self._ready, None
+        ir = self.ir.view((n, *self.ir_shape), layout).to(self.device).requires_grad_()
         labels = self.labels.view((n,)).to(self.device)
         logits = self.back(ir)
         loss = loss_fn(logits, labels)
@@ -129,11 +131,11 @@ class PartitionedTrainer:
         loss.backward()
         self.optimizer.step()
         assert ir.grad is not None
-        self.grad.view((n, *self.ir_shape)).copy_(ir.grad)
-        out = self._call(FrontBackward(step=step, forward_next=forward_next), BackwardOut)
-        if out.checkpointed:
+        grad_layout = self.grad.put(ir.grad)
+        done = self._call(FrontBackward(step=step, forward_next=forward_next, grad_layout=grad_layout), BackwardOut)
+        if done.checkpointed:
             self._save_back(step + 1)
-        self._ready_batch = out.next_batch
+        self._ready = (done.next_batch, done.next_layout) if done.next_batch else None
         return loss.item(), int((logits.argmax(1) == labels).sum()), n
 
     def evaluate(self, records: int) -> float | None:
@@ -143,8 +145,9 @@ class PartitionedTrainer:
         self.back.eval()
         with torch.no_grad():
             for index in range((records + EVAL_BATCH - 1) // EVAL_BATCH):
-                n = self._call(FrontForward(phase="eval", index=index), ForwardOut).batch
-                logits = self.back(self.ir.view((n, *self.ir_shape)).to(self.device))
+                out = self._call(FrontForward(phase="eval", index=index), ForwardOut)
+                n = out.batch
+                logits = self.back(self.ir.view((n, *self.ir_shape), out.layout).to(self.device))
                 correct += int((logits.argmax(1).cpu() == self.labels.view((n,))).sum())
         self.back.train()
         return correct / records
