@@ -9,10 +9,11 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
-from tests.helpers import People, pack, submission
+from tests.helpers import Packed, People, pack, submission
 
 from caltrain.accountability.attacks import badnets_trigger
 from caltrain.accountability.enclave_side import QueryRejected
+from caltrain.accountability.errors import LinkageProofInvalid
 from caltrain.accountability.linkage import LinkageProof, SignedStatement, verify_linkage_proof
 from caltrain.crypto.hpke import seal_to
 from caltrain.data.datasets import ArrayDataset, load_dataset
@@ -20,6 +21,7 @@ from caltrain.enclave.host import EnclaveHost
 from caltrain.enclave.manifest import EnclaveConfig
 from caltrain.enclave.protocol import trace_info
 from caltrain.enclave.wire import BuildLinkage, DatasetInfo, ForensicReply, LinkageBuilt, SuspicionQuery, TraceQuery
+from caltrain.service.participant import ParticipantHome
 from caltrain.training.config import TrainConfig
 from caltrain.training.partitioned import PartitionedTrainer
 
@@ -42,16 +44,31 @@ def trained(people: People, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     honest, bad, mask, test = _poisoned()
     host = EnclaveHost(state_dir=tmp_path_factory.mktemp("forensics"), config=EnclaveConfig(people.consortium))
     host.start()
-    for who, data in (("alice", honest), ("bob", bad)):
-        identity = getattr(people, who)
-        host.call(submission(pack(data, identity, who, f"{who}-0"), identity, host.keys), DatasetInfo)
+    host.call(submission(pack(honest, people.alice, "alice", "alice-0"), people.alice, host.keys), DatasetInfo)
+    # bob packs and submits as a participant does, keeping its key, receipt and the attested enclave's identity
+    bob = ParticipantHome(tmp_path_factory.mktemp("bob"), "bob", people.bob)
+    container = bob.root / "bob-0.ctd"
+    bob.pack(bad, container, dataset_id="bob-0")
+    packed = Packed(container.read_bytes(), bob.data_key("bob-0"), "bob-0", "bob", bad)
+    host.call(submission(packed, people.bob, host.keys), DatasetInfo)
+    bob.remember_enclave("bob-0", {"signing_key": host.keys.signing.hex(), "measurement": host.ready.measurement})
     config = TrainConfig(epochs=12, batch_size=32, datasets=["alice-0", "bob-0"], seed=3)
     trainer = PartitionedTrainer(host, config, job_id="j", workdir=tmp_path_factory.mktemp("w"))
     trainer.run()
     trainer.close()
     built = host.call(BuildLinkage(job_id="j"), LinkageBuilt)
     triggered = badnets_trigger(test.x[test.y != TARGET][:40])
-    yield host, {"statement": built.statement, "records": built.records, "triggered": triggered}, mask
+    yield (
+        host,
+        {
+            "statement": built.statement,
+            "records": built.records,
+            "triggered": triggered,
+            "bob": bob,
+            "container": container,
+        },
+        mask,
+    )
     host.stop()
 
 
@@ -83,6 +100,18 @@ def test_trace_names_the_backdoor_contributor_with_verifiable_proofs(trained: tu
     poisoned = {f"bob-0/{i}" for i in np.flatnonzero(mask)}
     precision = np.mean([r["record"]["record_id"] in poisoned for r in records])
     assert precision > 0.8, f"precision@10 {precision:.2f}: the trace should find the triggered poison"
+
+
+def test_participant_verifies_answers_naming_it_offline(trained: tuple) -> None:
+    """bob checks every record an answer pins on it: in the signed log, and one it committed to at upload."""
+    host, built, _ = trained
+    report = host.call(query(host, built["triggered"][:10]), ForensicReply).report
+    bob: ParticipantHome = built["bob"]
+    assert bob.verify_trace(report, [built["container"]]) > 0
+    entry = next(r for a in report["answers"] for r in a["records"] if r["record"]["contributor"] == "bob")
+    entry["record"]["instance_hash"] = "00" * 32  # an operator framing bob with a record it never sent
+    with pytest.raises(LinkageProofInvalid):
+        bob.verify_trace(report, [built["container"]])
 
 
 def test_seed_method_is_available(trained: tuple) -> None:

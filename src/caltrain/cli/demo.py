@@ -22,7 +22,6 @@ from sklearn.metrics import roc_auc_score
 
 from caltrain.accountability.attacks import FLIP_PAIRS, badnets_trigger
 from caltrain.attestation import Policy
-from caltrain.cli.trace import verify_own_records
 from caltrain.data.datasets import ArrayDataset, DatasetUnavailable, load_dataset, split_among
 from caltrain.enclave.consortium import Consortium, Member, Role
 from caltrain.enclave.manifest import EnclaveConfig, measure
@@ -360,7 +359,7 @@ def _accountability(
     auroc = float(roc_auc_score(truth, [r["score"] for r in ranking]))
     named = backdoor["contributors"][0]["contributor"] if backdoor["contributors"] else None
     named_flip = flips["contributors"][0]["contributor"] if flips and flips["contributors"] else None
-    verified = verify_own_records(homes[BACKDOOR], backdoor, [containers[BACKDOOR]])
+    verified = homes[BACKDOOR].verify_trace(backdoor, [containers[BACKDOOR]])
     say(
         f"7. auditor traced {len(backdoor['answers'])} triggered mispredictions inside the enclave: "
         f"precision@10 {precision(backdoor):.2f} (paper's kNN: {precision(seed):.2f}); most blamed: {named}"

@@ -9,10 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from caltrain.accountability.linkage import LinkageProof, verify_linkage_proof
 from caltrain.attestation import Policy
-from caltrain.crypto.container import open_container, read_header
-from caltrain.crypto.merkle import MerkleTree
 from caltrain.data.datasets import as_images
 from caltrain.errors import DataError
 from caltrain.service.client import CaltrainClient
@@ -89,38 +86,9 @@ def trace(args: argparse.Namespace) -> int:
 
 def verify_proofs(args: argparse.Namespace) -> int:
     home = ParticipantHome.load(args.home)
-    checked = verify_own_records(home, json.loads(args.trace.read_text()), args.container)
+    checked = home.verify_trace(json.loads(args.trace.read_text()), args.container)
     print(
         f"{checked} answer records naming {home.name} verified: each is in the enclave-signed log and is an "
         "instance you committed to at upload"
     )
     return 0
-
-
-def verify_own_records(home: ParticipantHome, report: dict[str, Any], containers: list[Path]) -> int:
-    """Rebuild the Merkle proofs of this participant's own records and check every answer that names them
-    against the enclave attested at submission and the participant's own commitments; returns how many."""
-    trees: dict[str, tuple[bytes, MerkleTree]] = {}
-    for path in containers:
-        blob = path.read_bytes()
-        header, _ = read_header(blob)
-        opened = open_container(blob, home.data_key(header.dataset_id), participant_key=home.identity.public_key)
-        trees[header.dataset_id] = (header.merkle_root, MerkleTree(list(opened.record_hashes)))
-    checked = 0
-    for answer in report["answers"]:
-        for entry in answer["records"]:
-            proof = LinkageProof.from_dict(entry)
-            if proof.record.contributor != home.name:
-                continue
-            root, tree = trees[proof.record.dataset_id]
-            enclave = home.enclave_for(proof.record.dataset_id)  # attested when this dataset was submitted
-            verify_linkage_proof(
-                proof,
-                bytes.fromhex(enclave["signing_key"]),
-                measurement=bytes.fromhex(enclave["measurement"]),
-                contributor=home.name,
-                receipt_root=root,
-                receipt_proof=tree.proof(proof.record.dataset_index),
-            )
-            checked += 1
-    return checked

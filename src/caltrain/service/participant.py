@@ -7,9 +7,12 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from caltrain.accountability.linkage import LinkageProof, verify_linkage_proof
 from caltrain.crypto import aead
-from caltrain.crypto.container import Receipt, pack_arrays, read_header, receipt_for
+from caltrain.crypto.container import Receipt, open_container, pack_arrays, read_header, receipt_for
+from caltrain.crypto.merkle import MerkleTree
 from caltrain.crypto.signing import Identity
 from caltrain.data.datasets import ArrayDataset
 from caltrain.errors import CaltrainError
@@ -81,6 +84,37 @@ class ParticipantHome:
         except OSError:
             raise HomeError(f"no attested enclave recorded for dataset {dataset_id!r}: was it submitted?") from None
         return data
+
+    def verify_trace(self, report: dict[str, Any], containers: list[Path]) -> int:
+        """Check, offline, every forensic answer that names this participant: the record is in the log signed by
+        the enclave attested at submission, and its instance hash is one this participant committed to at upload
+        (rebuilt from its own containers). Returns how many records were checked; raises on the first failure."""
+        trees: dict[str, tuple[bytes, MerkleTree]] = {}
+        for path in containers:
+            blob = path.read_bytes()
+            header, _ = read_header(blob)
+            opened = open_container(blob, self.data_key(header.dataset_id), participant_key=self.identity.public_key)
+            trees[header.dataset_id] = (header.merkle_root, MerkleTree(list(opened.record_hashes)))
+        checked = 0
+        for answer in report["answers"]:
+            for entry in answer["records"]:
+                proof = LinkageProof.from_dict(entry)
+                if proof.record.contributor != self.name:
+                    continue
+                if proof.record.dataset_id not in trees:
+                    raise HomeError(f"an answer names your dataset {proof.record.dataset_id!r}: pass its container")
+                root, tree = trees[proof.record.dataset_id]
+                enclave = self.enclave_for(proof.record.dataset_id)
+                verify_linkage_proof(
+                    proof,
+                    bytes.fromhex(enclave["signing_key"]),
+                    measurement=bytes.fromhex(enclave["measurement"]),
+                    contributor=self.name,
+                    receipt_root=root,
+                    receipt_proof=tree.proof(proof.record.dataset_index),
+                )
+                checked += 1
+        return checked
 
     def data_key(self, dataset_id: str) -> bytes:
         try:
