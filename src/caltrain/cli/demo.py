@@ -326,34 +326,22 @@ def _accountability(
 
     auditor = homes[AUDITOR]
     with CaltrainClient(url, identity=auditor.identity, name=auditor.name) as client:
-        backdoor = client.trace(
-            job_id, triggered[hits][:50], policy, predicted=np.full(min(50, int(hits.sum())), TARGET), k=10
-        )
-        seed = client.trace(
-            job_id,
-            triggered[hits][:50],
-            policy,
-            predicted=np.full(min(50, int(hits.sum())), TARGET),
-            k=10,
-            method="caltrain-knn",
-        )
-        flips = (
-            client.trace(
-                job_id,
-                flipped_in[flip_hits][:50],
-                policy,
-                predicted=np.full(min(50, int(flip_hits.sum())), FLIP_TO),
-                k=10,
-            )
-            if flip_hits.any()
-            else None
-        )
+
+        def trace(inputs: np.ndarray, predicted: int, method: str = "ours") -> dict[str, Any]:
+            x = inputs[:50]
+            if not len(x):  # the attack produced no misprediction to trace
+                return {"method": method, "answers": [], "contributors": []}
+            return client.trace(job_id, x, policy, predicted=np.full(len(x), predicted), k=10, method=method)
+
+        backdoor = trace(triggered[hits], TARGET)
+        seed = trace(triggered[hits], TARGET, "caltrain-knn")
+        flips = trace(flipped_in[flip_hits], FLIP_TO) if flip_hits.any() else None
         ranking = client.suspicion(job_id)["ranking"]
     (out / "trace-backdoor.json").write_text(json.dumps(backdoor, indent=2))
 
     def precision(report: dict[str, Any]) -> float:
-        answers = report["answers"]
-        return float(np.mean([np.mean([r["record"]["record_id"] in poisoned for r in a["records"]]) for a in answers]))
+        hits = [np.mean([r["record"]["record_id"] in poisoned for r in a["records"]]) for a in report["answers"]]
+        return float(np.mean(hits)) if hits else 0.0
 
     truth = np.array([r["record_id"] in poisoned for r in ranking])
     auroc = float(roc_auc_score(truth, [r["score"] for r in ranking]))
