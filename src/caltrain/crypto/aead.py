@@ -49,6 +49,10 @@ def encrypt_with(aes: AESGCM, plaintext: BytesLike, aad: bytes, nonce: bytes | N
     return nonce + aes.encrypt(nonce, plaintext, aad)
 
 
+def _forged(what: str) -> IntegrityError:
+    return IntegrityError(f"{what} failed authentication: wrong key, tampered bytes or wrong associated data")
+
+
 def decrypt(key: bytes, blob: BytesLike, aad: bytes, *, what: str = "ciphertext") -> bytes:
     """Authenticate and decrypt a blob from `encrypt`; `IntegrityError` naming `what` if anything is off."""
     return decrypt_with(cipher(key), blob, aad, what=what)
@@ -62,6 +66,18 @@ def decrypt_with(aes: AESGCM, blob: BytesLike, aad: bytes, *, what: str = "ciphe
     try:
         return aes.decrypt(view[:NONCE_BYTES], view[NONCE_BYTES:], aad)
     except InvalidTag:
-        raise IntegrityError(
-            f"{what} failed authentication: wrong key, tampered bytes or wrong associated data"
-        ) from None
+        raise _forged(what) from None
+
+
+def decrypt_into(aes: AESGCM, blob: BytesLike, aad: bytes, out: memoryview, *, what: str = "ciphertext") -> None:
+    """`decrypt_with` writing the plaintext into `out` (exactly its size in bytes): no intermediate copy.
+
+    On failure `out` may hold unauthenticated bytes; the caller must not use them.
+    """
+    view = memoryview(blob)
+    if len(view) != NONCE_BYTES + out.nbytes + TAG_BYTES:
+        raise IntegrityError(f"{what} is {len(view)} bytes; expected {NONCE_BYTES + out.nbytes + TAG_BYTES}")
+    try:
+        aes.decrypt_into(view[:NONCE_BYTES], view[NONCE_BYTES:], aad, out)
+    except InvalidTag:
+        raise _forged(what) from None

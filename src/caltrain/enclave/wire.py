@@ -256,8 +256,8 @@ class DeployModel(Message):
     """Deploy a model for inference: a finished job's FrontNet (`job_id`), or an owner's, HPKE-sealed.
 
     The owner signs `deploy_digest`, so the host cannot deploy a FrontNet of its own under a model id
-    (an identity FrontNet would copy inputs into the IR). `slot_paths` are the shared IR/output slots,
-    `2 * pipeline depth` of them: IR slots first.
+    (an identity FrontNet would copy inputs into the IR). `slot_paths` are the shared slots,
+    `3 * pipeline depth` of them: request ciphertexts (bytes), then IRs, then the host's outputs.
     """
 
     model_id: str
@@ -283,14 +283,31 @@ class ModelDeployed(Message):
 
 
 @message
+class OpenSession(Message):
+    """A client's session key, HPKE-sealed to the enclave key with `info` binding `session_id`."""
+
+    session_id: str
+    ciphertext: bytes
+
+
+@message
+class SessionOpened(Message):
+    session_id: str
+    expires_in_s: float
+    max_requests: int
+
+
+@message
 class InferFront(Message):
-    """Open a batch of request ciphertexts (each `request_size` bytes, back to back), run the FrontNet on the
-    accepted ones and write their IRs, in order, to IR slot `slot`."""
+    """Open a batch of request ciphertexts (each `request_size` bytes, back to back, in request slot `slot`),
+    run the FrontNet on the accepted ones and write their IRs, in order, to IR slot `slot`. Request `i` is
+    counter `counters[i]` of session `session_ids[i]`, asking for `top_ks[i]` answers."""
 
     model_id: str
     slot: int
-    request_ids: list[str]
-    ciphertexts: bytes
+    session_ids: list[str]
+    counters: list[int]
+    top_ks: list[int]
 
 
 @message
