@@ -159,6 +159,9 @@ def test_session_table_counters_expiry_and_bound() -> None:
     client = ClientSession(hpke.public_bytes)
     live = table.open(hpke, client.session_id, client.sealed)
     now = table.opens.now()
+    table.opens.seen.clear()  # even once the open itself is forgotten, a live session is never replaced
+    with pytest.raises(ReplayedRequest):
+        table.open(hpke, client.session_id, client.sealed)
     for counter in (5, 3, 4):  # out of order within the window: each accepted once
         table.get(client.session_id, now).check(counter)
         live.accept(counter)

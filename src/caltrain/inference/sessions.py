@@ -96,6 +96,8 @@ class SessionTable:
     def open(self, hpke: HpkeKeyPair, session_id: str, ciphertext: bytes) -> Session:
         key, issued_at_ms = open_session(hpke, session_id, ciphertext)
         self.opens.check(session_id, issued_at_ms)  # a replayed open would reset the counters
+        if session_id in self.live:  # ids are public: nobody may replace a live session with a key of their own
+            raise ReplayedRequest(f"session {session_id} is live; open a session under a fresh id")
         session = Session(key, request_cipher(key, session_id), self.opens.now() + self.ttl_ms)
         self.live[session_id] = session
         while len(self.live) > self.max_sessions:
