@@ -10,7 +10,6 @@ through preallocated shared memory (`caltrain.enclave.shm`), and messages only n
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import struct
 import types
@@ -385,12 +384,16 @@ def _check(value: Any, hint: Any, where: str) -> None:
         raise WireError(f"{where}: expected {hint.__name__}, got {type(value).__name__}")
 
 
-@functools.cache
+_HINTS: dict[str, dict[str, Any]] = {}
+
+
 def _hints(cls: type[Message]) -> dict[str, Any]:
     """Field types, resolved once per class: `get_type_hints` evaluates every annotation string on each call
     (it was ~1 ms of every inference call's encode and decode)."""
-    hints = get_type_hints(cls)
-    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    if cls.type_name not in _HINTS:
+        hints = get_type_hints(cls)
+        _HINTS[cls.type_name] = {f.name: hints[f.name] for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    return _HINTS[cls.type_name]
 
 
 def encode(msg: Message) -> bytes:
