@@ -132,7 +132,11 @@ def test_external_model_round_trip_and_bad_input(
         assert (response.status_code, response.json()["error"]) == (code, error), response.text
     assert httpx.get(f"{server.url}/v1/models/nope").status_code == 404
     with InferenceClient(server.url, Policy.load(policy_path)) as client:
-        assert client.classify(xs[1], "ext", top_k=1).labels == [predictions[1].labels[0]], "still serving"
+        first = client.classify(xs[1], "ext", top_k=1)
+        assert first.labels == [predictions[1].labels[0]], "still serving"
+        client._session = ClientSession(keys.hpke)  # a session the enclave never opened (or evicted)
+        again = client.classify(xs[1], "ext", top_k=1)
+        assert again.labels == first.labels and again.session_id != first.session_id, "replaced once, transparently"
     schema = httpx.get(f"{server.url}/openapi.json").json()
     for path in ("/v1/models", "/v1/models/{model_id}", "/v1/sessions", "/v1/infer"):
         assert path in schema["paths"]

@@ -9,6 +9,7 @@ import json
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -66,10 +67,7 @@ class InferenceClient:
         return result
 
     def _deploy(self, body: dict[str, object]) -> dict[str, object]:
-        result: dict[str, object] = self.http.request(
-            "POST", "/v1/models", body=json.dumps(body).encode(), headers={"content-type": "application/json"},
-            signed=True,
-        )
+        result: dict[str, object] = self._post("/v1/models", body, signed=True)
         return result
 
     def _owner(self) -> tuple[Identity, str]:
@@ -119,35 +117,34 @@ class InferenceClient:
         x = np.asarray(x, dtype=np.float32)
         if x.shape != shape:
             raise BadRequest(f"model {model_id} takes inputs of shape {shape}, got {x.shape}")
-        for retry in (False, True):
-            session = self._current_session()
-            counter, ciphertext = session.seal(model_id, x, top_k)
-            body = {"model_id": model_id, "session_id": session.session_id, "counter": counter, "top_k": top_k,
-                    "ciphertext": base64.b64encode(ciphertext).decode()}
-            try:
-                out = self.http.request(
-                    "POST", "/v1/infer", body=json.dumps(body).encode(), headers={"content-type": "application/json"}
-                )
-            except UnknownSession:
-                if retry:
-                    raise
-                self._drop_session(session)
-                continue
-            answer = session.open_answer(model_id, counter, base64.b64decode(out["ciphertext"]))
-            return Prediction(
-                answer["labels"], answer["probabilities"], answer["model_id"], answer["owner"],
-                answer["front_digest"], session.session_id, counter,
-            )
-        raise AssertionError("unreachable")
+        session = self._current_session()
+        try:
+            return self._classify(session, x, model_id, top_k)
+        except UnknownSession:  # expired, used up or evicted: one fresh session, one retry
+            self._drop_session(session)
+            return self._classify(self._current_session(), x, model_id, top_k)
+
+    def _classify(self, session: ClientSession, x: np.ndarray, model_id: str, top_k: int) -> Prediction:
+        counter, ciphertext = session.seal(model_id, x, top_k)
+        out = self._post("/v1/infer", {"model_id": model_id, "session_id": session.session_id, "counter": counter,
+                                       "top_k": top_k, "ciphertext": base64.b64encode(ciphertext).decode()})
+        answer = session.open_answer(model_id, counter, base64.b64decode(out["ciphertext"]))
+        return Prediction(
+            answer["labels"], answer["probabilities"], answer["model_id"], answer["owner"], answer["front_digest"],
+            session.session_id, counter,
+        )
+
+    def _post(self, path: str, body: dict[str, object], *, signed: bool = False) -> Any:
+        return self.http.request(
+            "POST", path, body=json.dumps(body).encode(), headers={"content-type": "application/json"}, signed=signed
+        )
 
     def _current_session(self) -> ClientSession:
         with self._session_lock:
             if self._session is None:
                 session = ClientSession(self.enclave.keys.hpke)
-                body = {"session_id": session.session_id, "ciphertext": base64.b64encode(session.sealed).decode()}
-                self.http.request(
-                    "POST", "/v1/sessions", body=json.dumps(body).encode(), headers={"content-type": "application/json"}
-                )
+                self._post("/v1/sessions", {"session_id": session.session_id,
+                                            "ciphertext": base64.b64encode(session.sealed).decode()})
                 self._session = session
             return self._session
 
