@@ -161,7 +161,10 @@ def infer_front(ctx: EnclaveContext, req: InferFront) -> FrontDone:
     started = time.perf_counter()
     table, size = _sessions(ctx), request_size(d.split.input_shape)
     now_ms = table.opens.now()
-    ciphertexts = d.request_slots[req.slot].view((n * size,)).numpy().data
+    # One copy out of host-writable memory before anything reads it: authenticating bytes the host could still
+    # change, then decrypting them again, would be a double fetch.
+    ciphertexts = bytes(d.request_slots[req.slot].view((n * size,)).numpy().data)
+    view = memoryview(ciphertexts)
     rows = d.batch.numpy().data.cast("B")
     row = rows.nbytes // d.max_batch
     pending: list[tuple[bytes, str, int, int]] = []
@@ -173,7 +176,7 @@ def infer_front(ctx: EnclaveContext, req: InferFront) -> FrontDone:
             check_request(session_id, counter, top_k)
             session = table.get(session_id, now_ms)
             session.check(counter)
-            aead.decrypt_into(session.requests, ciphertexts[i * size : (i + 1) * size],
+            aead.decrypt_into(session.requests, view[i * size : (i + 1) * size],
                               request_aad(d.model_id, session_id, counter, top_k), rows[j * row : (j + 1) * row],
                               what="request")
             session.accept(counter)
@@ -211,7 +214,7 @@ def infer_finish(ctx: EnclaveContext, req: InferFinish) -> Answers:
         raise BadRequest(f"slot {req.slot} holds no batch of {req.count} requests awaiting answers")
     started = time.perf_counter()
     with torch.inference_mode():
-        out = d.out_slots[req.slot].view((req.count, *d.out_shape))
+        out = d.out_slots[req.slot].view((req.count, *d.out_shape)).clone()  # checked and used: one fetch
         if not torch.isfinite(out).all():
             raise InferenceError("the host's output holds NaN or infinity; batch not answered")
         probs = torch.softmax(d.split.tail(out), dim=1)
