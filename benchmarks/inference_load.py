@@ -5,8 +5,11 @@
 2. Batch 1: HTTP round trip (client sealing and opening included) vs the protected compute path vs plain.
 3. Batch 64, in this process with its own enclave: the protected path (decrypt in the enclave, FrontNet,
    boundary, host part, softmax/top-k, encrypt the answers) vs the same model run plainly, alternating runs.
+   Besides wall-clock medians it sums the CPU time both processes spent (this one: host side and plain
+   model; the enclave's from /proc), which contention from other jobs distorts far less than wall time.
 
-Run: python benchmarks/inference_load.py [m]. One thread per process. The last line is a JSON summary.
+Run: python benchmarks/inference_load.py [m]. One thread per process; every process keeps freed memory
+(`keep_freed_memory`), as `caltrain serve` and the enclave do. The last line is a JSON summary.
 """
 
 from __future__ import annotations
@@ -31,15 +34,15 @@ import httpx  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from caltrain.crypto import aead  # noqa: E402
 from caltrain.crypto.signing import Identity  # noqa: E402
 from caltrain.data.datasets import DatasetUnavailable, load_dataset  # noqa: E402
+from caltrain.enclave.allocator import keep_freed_memory  # noqa: E402
 from caltrain.enclave.consortium import Consortium, Member, Role  # noqa: E402
 from caltrain.enclave.host import EnclaveHost  # noqa: E402
 from caltrain.enclave.manifest import EnclaveConfig  # noqa: E402
 from caltrain.errors import CaltrainError  # noqa: E402
 from caltrain.inference.owner import prepare_deployment  # noqa: E402
-from caltrain.inference.requests import new_request_id, seal_request  # noqa: E402
+from caltrain.inference.requests import ClientSession  # noqa: E402
 from caltrain.inference.serving import BatchingConfig, InferenceService  # noqa: E402
 from caltrain.models import build_model  # noqa: E402
 from caltrain.service.client import CaltrainClient, draft_policy  # noqa: E402
@@ -143,31 +146,38 @@ class Protected:
         self.service.deploy(model_id=MODEL_ID, architecture=ARCH, m=m, ternary=False, owner="owner",
                             signature=prep.signature, host_state=prep.host_state, sealed_weights=prep.sealed_weights)
         self.server = self.service.get(MODEL_ID)
+        self.session = ClientSession(self.host.keys.hpke)
+        self.service.open_session(self.session.session_id, self.session.sealed)
+        assert self.host.pid is not None
+        self._enclave_stat = Path(f"/proc/{self.host.pid}/stat")
 
-    def sealed(self, xs: np.ndarray) -> list[tuple[str, bytes]]:
+    def sealed(self, xs: np.ndarray) -> list[tuple[int, bytes]]:
         """Client work, done before timing: one fresh request per input (the enclave rejects replays)."""
-        out = []
-        for x in xs:
-            rid = new_request_id()
-            out.append((rid, seal_request(self.host.keys.hpke, MODEL_ID, rid, x, K, aead.new_key())))
-        return out
+        return [self.session.seal(MODEL_ID, x, K) for x in xs]
 
-    def run(self, requests: list[tuple[str, bytes]]) -> float:
-        started = time.perf_counter()
-        futures = [self.server.submit(rid, ct) for rid, ct in requests]
+    def run(self, requests: list[tuple[int, bytes]]) -> None:
+        futures = [self.server.submit(self.session.session_id, counter, K, ct) for counter, ct in requests]
         for f in futures:
             f.result(60)
-        return time.perf_counter() - started
+
+    def enclave_cpu_s(self) -> float:
+        utime, stime = self._enclave_stat.read_text().rsplit(")", 1)[1].split()[11:13]
+        return (int(utime) + int(stime)) / os.sysconf("SC_CLK_TCK")
+
+    def cpu_s(self) -> float:
+        """CPU seconds so far of both processes: this one (host side; idle during plain runs) and the enclave."""
+        return time.process_time() + self.enclave_cpu_s()
 
     def close(self) -> None:
         self.service.close()
         self.host.stop()
 
 
-def timed(fn: Callable[[], object]) -> float:
-    started = time.perf_counter()
+def timed(fn: Callable[[], object], cpu_s: Callable[[], float] = time.process_time) -> tuple[float, float]:
+    """Wall and CPU seconds of one call."""
+    wall, cpu = time.perf_counter(), cpu_s()
     fn()
-    return time.perf_counter() - started
+    return time.perf_counter() - wall, cpu_s() - cpu
 
 
 def compute_part(tmp: Path, owner: Identity, model: torch.nn.Module, m: int, xs: np.ndarray) -> dict[str, float]:
@@ -177,38 +187,56 @@ def compute_part(tmp: Path, owner: Identity, model: torch.nn.Module, m: int, xs:
         for _ in range(3):  # warm both paths
             protected.run(protected.sealed(xs[:BATCH]))
             plain_top_k(model, x64)
+
+        def run_protected(x: np.ndarray) -> tuple[float, float]:
+            requests = protected.sealed(x)
+            return timed(lambda: protected.run(requests), protected.cpu_s)
+
         one = torch.from_numpy(xs[:1])
         b1_protected, b1_plain = [], []
         for i in range(40):
-            b1_protected.append(protected.run(protected.sealed(xs[i : i + 1])))
-            b1_plain.append(timed(lambda: plain_top_k(model, one)))
+            b1_protected.append(run_protected(xs[i : i + 1])[0])
+            b1_plain.append(timed(lambda: plain_top_k(model, one))[0])
         protected.server.timings.clear()
         lat_protected, lat_plain = [], []
+        enclave_cpu = protected.enclave_cpu_s()
         for _ in range(25):  # alternate, so machine noise hits both alike
-            lat_protected.append(protected.run(protected.sealed(xs[:BATCH])))
+            lat_protected.append(run_protected(xs[:BATCH]))
             lat_plain.append(timed(lambda: plain_top_k(model, x64)))
+        enclave_cpu = (protected.enclave_cpu_s() - enclave_cpu) / len(lat_protected)
         breakdown = {
             key: median_ms([t[key] for t in protected.server.timings])
             for key in ("decrypt_s", "front_s", "front_call_s", "host_s", "finish_call_s", "finish_s", "encrypt_s")
         }
         rounds, thr_protected, thr_plain = 16, [], []
         for _ in range(3):
-            requests = protected.sealed(np.concatenate([xs[:BATCH]] * rounds))
-            thr_protected.append(rounds * BATCH / protected.run(requests))
-            thr_plain.append(rounds * BATCH / timed(lambda: [plain_top_k(model, x64) for _ in range(rounds)]))
+            thr_protected.append(run_protected(np.concatenate([xs[:BATCH]] * rounds)))
+            thr_plain.append(timed(lambda: [plain_top_k(model, x64) for _ in range(rounds)]))
     finally:
         protected.close()
-    p50_p, p50_plain = statistics.median(lat_protected), statistics.median(lat_plain)
-    tp_p, tp_plain = statistics.median(thr_protected), statistics.median(thr_plain)
+    p50_p, p50_plain = (statistics.median(w for w, _ in runs) for runs in (lat_protected, lat_plain))
+    tp_p, tp_plain = (rounds * BATCH / statistics.median(w for w, _ in runs) for runs in (thr_protected, thr_plain))
+    cpu_lat, cpu_thr = (sum(c for _, c in mine) / sum(c for _, c in plain)
+                        for mine, plain in ((lat_protected, lat_plain), (thr_protected, thr_plain)))
     boundary = breakdown["front_call_s"] - breakdown["decrypt_s"] - breakdown["front_s"]
     boundary += breakdown["finish_call_s"] - breakdown["finish_s"] - breakdown["encrypt_s"]
     print(f"batch {BATCH} p50: protected {p50_p * 1000:.2f} ms, plain {p50_plain * 1000:.2f} ms")
     print(f"batch {BATCH} throughput: protected {tp_p:.0f}/s, plain {tp_plain:.0f}/s (pipelined, 2 processes)")
+    print(f"batch {BATCH} CPU time, protected / plain (both processes summed): {cpu_lat:.3f} in the latency runs, "
+          f"{cpu_thr:.3f} in the throughput runs")
+    cpu_p, cpu_plain = (statistics.mean(c for _, c in runs) * 1000 for runs in (lat_protected, lat_plain))
+    print(f"CPU ms per batch of {BATCH} (latency runs): plain {cpu_plain:.1f}; protected {cpu_p:.1f} = enclave "
+          f"{enclave_cpu * 1000:.1f} + host process {cpu_p - enclave_cpu * 1000:.1f}")
     print("where a protected batch of 64 spends its time (median ms): " + ", ".join(
         f"{k.removesuffix('_s')} {v}" for k, v in breakdown.items()) + f", boundary (IPC) {boundary:.3f}")
     return {
         "p50_latency_ratio": round(p50_p / p50_plain, 3),
         "throughput_ratio": round(tp_p / tp_plain, 3),
+        "cpu_ratio_latency_runs": round(cpu_lat, 3),
+        "cpu_ratio_throughput_runs": round(cpu_thr, 3),
+        "batch64_cpu_plain_ms": round(cpu_plain, 3),
+        "batch64_cpu_enclave_ms": round(enclave_cpu * 1000, 3),
+        "batch64_cpu_host_process_ms": round(cpu_p - enclave_cpu * 1000, 3),
         "batch64_protected_p50_ms": round(p50_p * 1000, 3),
         "batch64_plain_p50_ms": round(p50_plain * 1000, 3),
         "batch64_protected_per_s": round(tp_p, 1),
@@ -222,6 +250,7 @@ def compute_part(tmp: Path, owner: Identity, model: torch.nn.Module, m: int, xs:
 
 def main() -> None:
     m = int(sys.argv[1]) if len(sys.argv) > 1 else 2
+    keep_freed_memory()  # as the enclave and `caltrain serve` do: the plain baseline and host side get it too
     owner = Identity.generate()
     model = build_model(ARCH, seed=0).eval()
     xs, source = inputs(REQUESTS)

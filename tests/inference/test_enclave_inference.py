@@ -1,5 +1,6 @@
-"""Inference at the enclave boundary: answers equal the plain model's, batches never mix answers, replays
-and tampering are rejected alone, and no input byte crosses the channel or the shared slots in the clear."""
+"""Inference at the enclave boundary: answers equal the plain model's, batches never mix answers, replays,
+tampering and wrong or dead sessions are rejected alone, and no input byte crosses the channel or the shared
+slots in the clear."""
 
 from __future__ import annotations
 
@@ -11,14 +12,22 @@ import numpy as np
 import pytest
 import torch
 
-from caltrain.crypto import aead
 from caltrain.crypto.errors import BadSignature, IntegrityError
+from caltrain.crypto.hpke import HpkeKeyPair
 from caltrain.enclave.host import EnclaveHost
 from caltrain.enclave.manifest import EnclaveConfig
-from caltrain.inference.errors import BadRequest, DuplicateModel, ReplayedRequest, UnknownModel
+from caltrain.inference.errors import (
+    BadRequest,
+    DuplicateModel,
+    ReplayedRequest,
+    SessionExpired,
+    UnknownModel,
+    UnknownSession,
+)
 from caltrain.inference.owner import prepare_deployment
-from caltrain.inference.requests import new_request_id, open_answer, seal_request
+from caltrain.inference.requests import ClientSession
 from caltrain.inference.serving import BatchingConfig, InferenceService
+from caltrain.inference.sessions import REORDER_WINDOW, SessionTable
 from caltrain.models import build_model
 from tests.helpers import People
 
@@ -55,10 +64,15 @@ def served(people: People, tmp_path: Path) -> Iterator[tuple[InferenceService, l
     host.stop()
 
 
-def ask(service: InferenceService, model_id: str, x: np.ndarray, k: int = 3) -> dict[str, object]:
-    request_id, key = new_request_id(), aead.new_key()
-    ct = seal_request(service.enclave.keys.hpke, model_id, request_id, x, k, key)
-    return open_answer(key, model_id, request_id, service.get(model_id).submit(request_id, ct).result(30))
+def session(service: InferenceService) -> ClientSession:
+    opened = ClientSession(service.enclave.keys.hpke)
+    service.open_session(opened.session_id, opened.sealed)
+    return opened
+
+
+def ask(service: InferenceService, s: ClientSession, model_id: str, x: np.ndarray, k: int = 3) -> dict[str, object]:
+    counter, ct = s.seal(model_id, x, k)
+    return s.open_answer(model_id, counter, service.get(model_id).submit(s.session_id, counter, k, ct).result(30))
 
 
 Served = tuple[InferenceService, list[bytes], torch.nn.Module]
@@ -67,10 +81,11 @@ Served = tuple[InferenceService, list[bytes], torch.nn.Module]
 def test_concurrent_clients_get_their_own_answers(served: Served) -> None:
     service, frames, model = served
     xs = np.random.default_rng(0).random((48, 1, 8, 8), dtype=np.float32)
+    sessions = [session(service) for _ in range(3)]  # threads share sessions: counters arrive out of order
     results: dict[tuple[str, int], dict[str, object]] = {}
 
     def client(model_id: str, i: int) -> None:
-        results[model_id, i] = ask(service, model_id, xs[i])
+        results[model_id, i] = ask(service, sessions[i % 3], model_id, xs[i])
 
     threads = [threading.Thread(target=client, args=(mid, i)) for mid in ("normal", "ternary") for i in range(48)]
     for t in threads:
@@ -83,38 +98,49 @@ def test_concurrent_clients_get_their_own_answers(served: Served) -> None:
         assert np.allclose(answer["probabilities"], probs, atol=1e-5)
     batches = [t["batch"] for t in service.get("normal").timings]
     assert len(results) == 96 and max(batches) > 1, "concurrent requests were batched"
-    # Host-side byte scan: no input (nor any 16-byte window of it) crossed the channel.
-    channel = b"".join(frames)
+    # Host-side byte scan: no input (nor any 16-byte window of it) crossed the channel or sits in a shared slot.
+    shared = b"".join(slot.view((slot.capacity,)).numpy().tobytes()
+                      for mid in ("normal", "ternary") for part in service.get(mid).slots for slot in part)
+    seen = b"".join(frames) + shared
     for x in xs[:8]:
         raw = x.tobytes()
-        assert all(raw[j : j + 16] not in channel for j in range(0, len(raw) - 16, 16))
+        assert all(raw[j : j + 16] not in seen for j in range(0, len(raw) - 16, 16))
 
 
-def test_replay_tamper_and_bad_requests_fail_alone(
-    served: tuple[InferenceService, list[bytes], torch.nn.Module], people: People
-) -> None:
+def test_replay_tamper_wrong_session_and_bad_requests_fail_alone(served: Served, people: People) -> None:
     service, _, model = served
     x = np.random.default_rng(1).random((1, 8, 8), dtype=np.float32)
-    keys, server = service.enclave.keys, service.get("normal")
-    rid, key = new_request_id(), aead.new_key()
-    ct = seal_request(keys.hpke, "normal", rid, x, 2, key)
-    good = open_answer(key, "normal", rid, server.submit(rid, ct).result(30))
+    server, mine, other = service.get("normal"), session(service), session(service)
+    counter, ct = mine.seal("normal", x, 2)
+    good = mine.open_answer("normal", counter, server.submit(mine.session_id, counter, 2, ct).result(30))
     assert good["labels"] == plain_top_k(model, x, 2)[0]
-    with pytest.raises(ReplayedRequest):
-        server.submit(rid, ct).result(30)
-    tampered = bytearray(seal_request(keys.hpke, "normal", (rid2 := new_request_id()), x, 2, key))
-    tampered[60] ^= 1
-    with pytest.raises(IntegrityError):
-        server.submit(rid2, bytes(tampered)).result(30)
-    moved = seal_request(keys.hpke, "normal", (rid3 := new_request_id()), x, 2, key)
-    with pytest.raises(IntegrityError):  # bound to another model (or request id): does not open
-        service.get("ternary").submit(rid3, moved).result(30)
+    with pytest.raises(ReplayedRequest):  # the same request again
+        server.submit(mine.session_id, counter, 2, ct).result(30)
+    counter, ct = mine.seal("normal", x, 2)
+    tampered = bytearray(ct)
+    tampered[20] ^= 1
+    cases = [
+        ((mine.session_id, counter, 2, bytes(tampered)), IntegrityError),
+        ((other.session_id, counter, 2, ct), IntegrityError),  # sealed under another session's key
+        ((mine.session_id, counter + 1, 2, ct), IntegrityError),  # counter is bound in
+        ((mine.session_id, counter, 3, ct), IntegrityError),  # so is top-k
+        (("0" * 32, counter, 2, ct), UnknownSession),
+    ]
+    for args, error in cases:
+        with pytest.raises(error):
+            server.submit(*args).result(30)
+    with pytest.raises(IntegrityError):  # bound to another model: does not open
+        service.get("ternary").submit(mine.session_id, counter, 2, ct).result(30)
+    assert server.submit(mine.session_id, counter, 2, ct).result(30), "forgeries did not burn the counter"
+    with pytest.raises(ReplayedRequest):  # a replayed session open would reset the counters
+        service.open_session(mine.session_id, mine.sealed)
     with pytest.raises(BadRequest):
-        server.submit(new_request_id(), ct[:-1])
+        server.submit(mine.session_id, counter + 1, 2, ct[:-1])
+    with pytest.raises(BadRequest):
+        server.submit(mine.session_id, 0, 2, ct)
     nan = np.full((1, 8, 8), np.nan, dtype=np.float32)
-    rid4 = new_request_id()
     with pytest.raises(BadRequest, match="NaN"):
-        server.submit(rid4, seal_request(keys.hpke, "normal", rid4, nan, 2, key)).result(30)
+        ask(service, mine, "normal", nan)
     with pytest.raises(UnknownModel):
         service.get("nope")
     with pytest.raises(DuplicateModel):
@@ -124,4 +150,38 @@ def test_replay_tamper_and_bad_requests_fail_alone(
         service.deploy(model_id="evil", architecture=ARCH, m=M, ternary=False, owner="alice", signature=b"0" * 64,
                        host_state={k: v for k, v in model.state_dict().items() if not k.startswith("conv")},
                        sealed_weights=b"")
-    assert ask(service, "normal", x)["labels"] == plain_top_k(model, x, 3)[0], "still serving"
+    assert ask(service, mine, "normal", x)["labels"] == plain_top_k(model, x, 3)[0], "still serving"
+
+
+def test_session_table_counters_expiry_and_bound() -> None:
+    hpke = HpkeKeyPair.generate()
+    table = SessionTable(ttl_s=60, max_requests=3, max_sessions=2)
+    client = ClientSession(hpke.public_bytes)
+    live = table.open(hpke, client.session_id, client.sealed)
+    now = table.opens.now()
+    table.opens.seen.clear()  # even once the open itself is forgotten, a live session is never replaced
+    with pytest.raises(ReplayedRequest):
+        table.open(hpke, client.session_id, client.sealed)
+    for counter in (5, 3, 4):  # out of order within the window: each accepted once
+        table.get(client.session_id, now).check(counter)
+        live.accept(counter)
+    for counter in (3, 4, 5):
+        with pytest.raises(ReplayedRequest):
+            live.check(counter)
+    with pytest.raises(SessionExpired):  # request limit
+        table.get(client.session_id, now)
+    with pytest.raises(UnknownSession):  # and gone
+        table.get(client.session_id, now)
+    window = table.open(hpke, (c := ClientSession(hpke.public_bytes)).session_id, c.sealed)
+    window.accept(1 << 62)  # a huge jump neither fails nor builds a huge bitmap
+    window.check((1 << 62) - REORDER_WINDOW + 1)
+    with pytest.raises(ReplayedRequest):
+        window.check((1 << 62) - REORDER_WINDOW)
+    with pytest.raises(SessionExpired):  # lifetime
+        table.get(c.session_id, now + 61_000)
+    first, second, third = (ClientSession(hpke.public_bytes) for _ in range(3))
+    for s in (first, second, third):
+        table.open(hpke, s.session_id, s.sealed)
+    with pytest.raises(UnknownSession):  # the least recently used was evicted to stay within max_sessions
+        table.get(first.session_id, now)
+    assert table.get(third.session_id, now) and len(table.live) == 2

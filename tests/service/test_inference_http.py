@@ -16,9 +16,8 @@ import torch
 
 from caltrain.attestation import Policy
 from caltrain.cli.main import main
-from caltrain.crypto import aead
 from caltrain.data.datasets import load_dataset
-from caltrain.inference.requests import new_request_id, seal_request
+from caltrain.inference.requests import ClientSession
 from caltrain.models import build_model
 from caltrain.service.inference_client import InferenceClient
 from caltrain.service.participant import ParticipantHome
@@ -101,33 +100,46 @@ def test_external_model_round_trip_and_bad_input(
         content = body if isinstance(body, bytes) else json.dumps(body).encode()
         return httpx.post(f"{server.url}/v1/infer", content=content, timeout=30)
 
-    rid, key = new_request_id(), aead.new_key()
-    good = {"model_id": "ext", "request_id": rid,
-            "ciphertext": base64.b64encode(seal_request(keys.hpke, "ext", rid, xs[0], 1, key)).decode()}
+    mine = ClientSession(keys.hpke)
+    opened = httpx.post(f"{server.url}/v1/sessions", timeout=30,
+                        json={"session_id": mine.session_id, "ciphertext": base64.b64encode(mine.sealed).decode()})
+    assert opened.status_code == 201 and opened.json()["max_requests"] > 1000, opened.text
+    counter, ct = mine.seal("ext", xs[0], 1)
+    good = {"model_id": "ext", "session_id": mine.session_id, "counter": counter, "top_k": 1,
+            "ciphertext": base64.b64encode(ct).decode()}
     assert post(good).status_code == 200
-    tampered = bytearray(base64.b64decode(good["ciphertext"]))
+    counter, ct = mine.seal("ext", xs[0], 1)
+    tampered = bytearray(ct)
     tampered[-1] ^= 1
-    rid2 = new_request_id()
     cases = [
         (post(good), 409, "ReplayedRequest"),
-        (post({**good, "request_id": rid2, "ciphertext": base64.b64encode(bytes(tampered)).decode()}), 400,
+        (post({**good, "counter": counter, "ciphertext": base64.b64encode(bytes(tampered)).decode()}), 400,
          "IntegrityError"),
+        (post({**good, "session_id": "0" * 32, "counter": counter}), 404, "UnknownSession"),
         (post(b"{not json"), 400, "BadRequest"),
         (post({"model_id": "ext"}), 400, "BadRequest"),
-        (post({**good, "request_id": "xyz"}), 400, "BadRequest"),
-        (post({**good, "request_id": new_request_id(), "ciphertext": "AAAA"}), 400, "BadRequest"),
+        (post({**good, "session_id": "xyz"}), 400, "BadRequest"),
+        (post({**good, "counter": 0}), 400, "BadRequest"),
+        (post({**good, "counter": counter, "ciphertext": "AAAA"}), 400, "BadRequest"),
         (post({**good, "ciphertext": "!!notbase64"}), 400, "BadRequest"),
         (post({**good, "model_id": "nope"}), 404, "UnknownModel"),
         (post(b"x" * (2 << 20)), 413, "RequestTooLarge"),
+        (httpx.post(f"{server.url}/v1/sessions", json={"session_id": mine.session_id,
+                                                        "ciphertext": base64.b64encode(mine.sealed).decode()}),
+         409, "ReplayedRequest"),
     ]
     for response, code, error in cases:
         assert (response.status_code, response.json()["error"]) == (code, error), response.text
     assert httpx.get(f"{server.url}/v1/models/nope").status_code == 404
     with InferenceClient(server.url, Policy.load(policy_path)) as client:
-        assert client.classify(xs[1], "ext", top_k=1).labels == [predictions[1].labels[0]], "still serving"
+        first = client.classify(xs[1], "ext", top_k=1)
+        assert first.labels == [predictions[1].labels[0]], "still serving"
+        client._session = ClientSession(keys.hpke)  # a session the enclave never opened (or evicted)
+        again = client.classify(xs[1], "ext", top_k=1)
+        assert again.labels == first.labels and again.session_id != first.session_id, "replaced once, transparently"
     schema = httpx.get(f"{server.url}/openapi.json").json()
-    for path in ("/v1/models", "/v1/models/{model_id}", "/v1/infer"):
+    for path in ("/v1/models", "/v1/models/{model_id}", "/v1/sessions", "/v1/infer"):
         assert path in schema["paths"]
-    assert {"InferOut", "ModelOut"} <= set(schema["components"]["schemas"])
-    for path, body in (("/v1/infer", "InferIn"), ("/v1/models", "DeployIn")):
+    assert {"InferOut", "ModelOut", "SessionOut"} <= set(schema["components"]["schemas"])
+    for path, body in (("/v1/infer", "InferIn"), ("/v1/models", "DeployIn"), ("/v1/sessions", "SessionIn")):
         assert schema["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"]["title"] == body

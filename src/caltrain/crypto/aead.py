@@ -71,6 +71,9 @@ def decrypt_into(
     On failure `out` may hold unauthenticated bytes: the caller must discard it, never read it.
     """
     nonce, body = _split(blob, what)
+    size = memoryview(out).nbytes
+    if len(body) != size + TAG_BYTES:
+        raise IntegrityError(f"{what} holds {len(body) - TAG_BYTES} plaintext bytes, expected {size}")
     try:
         aes.decrypt_into(nonce, body, aad, out)
     except InvalidTag:

@@ -28,9 +28,8 @@ class Channel:
         frame = encode(msg)
         if self._tap:
             self._tap("out", frame)
-        try:
-            self._sock.sendall(_LEN.pack(len(frame)))
-            self._sock.sendall(frame)
+        try:  # one write: a separate length write can wake the peer for 8 bytes, then again for the frame
+            self._sock.sendall(_LEN.pack(len(frame)) + frame)
         except OSError as exc:
             raise ChannelClosed(f"channel closed while sending: {exc}") from None
 

@@ -66,11 +66,24 @@ def weights_info(model_id: str, architecture: str, m: int, ternary: bool) -> byt
     )
 
 
-def request_info(model_id: str, request_id: str) -> bytes:
-    """HPKE `info` of an inference request: it opens only for this model under this request id."""
-    return tagged_hash("caltrain/infer-request/v1", model_id.encode(), request_id.encode())
+def session_info(session_id: str) -> bytes:
+    """HPKE `info` of an inference session key: it opens only as the key of this session id."""
+    return tagged_hash("caltrain/infer-session/v1", session_id.encode())
 
 
-def response_aad(model_id: str, request_id: str) -> bytes:
-    """Associated data of an answer: it authenticates only as the answer to this request."""
-    return tagged_hash("caltrain/infer-response/v1", model_id.encode(), request_id.encode())
+def request_key_info(session_id: str) -> bytes:
+    """HKDF `info` of a session's request key (the session key itself only ever feeds HKDF)."""
+    return tagged_hash("caltrain/infer-request-key/v1", session_id.encode())
+
+
+def request_aad(model_id: str, session_id: str, counter: int, top_k: int) -> bytes:
+    """Associated data of a request: it opens only for this model, session, counter and top-k."""
+    return tagged_hash(
+        "caltrain/infer-request/v2", model_id.encode(), session_id.encode(), counter.to_bytes(8, "big"),
+        top_k.to_bytes(2, "big"),
+    )
+
+
+def response_context(model_id: str, session_id: str, counter: int) -> bytes:
+    """HKDF `info` of an answer's key and the answer's associated data: it belongs to this one request."""
+    return tagged_hash("caltrain/infer-response/v2", model_id.encode(), session_id.encode(), counter.to_bytes(8, "big"))

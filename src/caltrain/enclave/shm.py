@@ -17,7 +17,7 @@ from caltrain.errors import EnclaveError
 
 SHM_DIR = Path("/dev/shm") if Path("/dev/shm").is_dir() else Path(tempfile.gettempdir())
 
-_DTYPES = {"float32": torch.float32, "int64": torch.int64}
+_DTYPES = {"float32": torch.float32, "int64": torch.int64, "uint8": torch.uint8}
 
 # How a 4-D tensor's elements lie in the slot. Keeping the producer's layout matters: oneDNN hands convolution
 # outputs and gradients over channels-last, and converting them to NCHW on the way made both sides' kernels

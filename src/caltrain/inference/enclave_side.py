@@ -1,58 +1,46 @@
-"""DeepEnclave's trusted half: deployed FrontNets, request decryption with replay protection, and answers.
+"""DeepEnclave's trusted half: deployed FrontNets, sessions, request decryption with replay protection, answers.
 
 Only IRs leave (to the host's part of the model); in normal mode the host's logits come back in for
 softmax and top-k, in ternary mode its penultimate features come back and the last layer runs here too.
-Every answer is encrypted here, to the key its requester put inside the request.
+Requests are decrypted straight into a preallocated batch; every answer is encrypted here, under a key only
+its requester's session derives.
 """
 
 from __future__ import annotations
 
 import io
+import math
 import time
 from dataclasses import dataclass, field
 
 import torch
 
+from caltrain.crypto import aead
 from caltrain.crypto.signing import verify_signature
-from caltrain.enclave.protocol import deploy_digest, weights_info
+from caltrain.enclave.protocol import deploy_digest, request_aad, weights_info
 from caltrain.enclave.runtime import EnclaveContext, ecall
 from caltrain.enclave.shm import SharedTensor
-from caltrain.enclave.wire import Answers, DeployModel, FrontDone, InferFinish, InferFront, ModelDeployed
+from caltrain.enclave.wire import (
+    Answers,
+    DeployModel,
+    FrontDone,
+    InferFinish,
+    InferFront,
+    ModelDeployed,
+    OpenSession,
+    SessionOpened,
+)
 from caltrain.errors import CaltrainError, InferenceError
-from caltrain.inference.errors import BadRequest, DuplicateModel, ReplayedRequest, UnknownModel
-from caltrain.inference.requests import open_request, request_size, seal_answer
+from caltrain.inference.errors import BadRequest, DuplicateModel, UnknownModel
+from caltrain.inference.requests import check_request, request_size, seal_answer
+from caltrain.inference.sessions import SessionTable
 from caltrain.inference.split import InferenceSplit, load_exact, split_model
 from caltrain.training.core import state_digest
 from caltrain.training.enclave_side import Job
 
 REGISTRY = "inference-models"
-REPLAY = "inference-replay"
-REPLAY_WINDOW_S = 300.0
+SESSIONS = "inference-sessions"
 MAX_BATCH = 1024
-
-
-class ReplayGuard:
-    """Accepts each request id once within a window around the issue time the client sealed in.
-
-    The enclave's clock is the host's, so it only moves forward here: rewinding it cannot revive a request
-    whose id was already forgotten (an id is forgotten only once its issue time fell out of the window).
-    """
-
-    def __init__(self, window_s: float = REPLAY_WINDOW_S) -> None:
-        self.window_ms = int(window_s * 1000)
-        self.now_ms = 0
-        self.seen: dict[str, int] = {}
-
-    def check(self, request_id: str, issued_at_ms: int) -> None:
-        self.now_ms = max(self.now_ms, int(time.time() * 1000))
-        if abs(self.now_ms - issued_at_ms) > self.window_ms:
-            raise BadRequest(f"request issued {(self.now_ms - issued_at_ms) / 1000:.0f} s away from now; "
-                             f"the window is {self.window_ms // 1000} s (check the client's clock)")
-        if request_id in self.seen:
-            raise ReplayedRequest(f"request {request_id} was already answered")
-        if len(self.seen) > 100_000:
-            self.seen = {r: t for r, t in self.seen.items() if t >= self.now_ms - self.window_ms}
-        self.seen[request_id] = issued_at_ms
 
 
 @dataclass
@@ -61,16 +49,26 @@ class Deployed:
     owner: str
     split: InferenceSplit
     front_digest: str
+    request_slots: list[SharedTensor]
     ir_slots: list[SharedTensor]
     out_slots: list[SharedTensor]
     out_shape: tuple[int, ...]
     max_batch: int
-    pending: dict[int, list[tuple[str, bytes, int]]] = field(default_factory=dict)  # slot -> (id, key, k)
+    batch: torch.Tensor = field(init=False)  # decrypted inputs land here, row by row
+    pending: dict[int, list[tuple[bytes, str, int, int]]] = field(default_factory=dict)  # slot -> requests
+
+    def __post_init__(self) -> None:
+        self.batch = torch.empty((self.max_batch, *self.split.input_shape))
 
 
 def _registry(ctx: EnclaveContext) -> dict[str, Deployed]:
     registry: dict[str, Deployed] = ctx.extensions.setdefault(REGISTRY, {})
     return registry
+
+
+def _sessions(ctx: EnclaveContext) -> SessionTable:
+    table: SessionTable = ctx.extensions.setdefault(SESSIONS, SessionTable())
+    return table
 
 
 def _deployed(ctx: EnclaveContext, model_id: str) -> Deployed:
@@ -112,22 +110,27 @@ def deploy(ctx: EnclaveContext, req: DeployModel) -> ModelDeployed:
         req.model_id, req.job_id, req.architecture, req.m, req.ternary, req.sealed_weights, ctx.public_keys
     )
     verify_signature(member.public_key, digest, req.signature, what=f"deployment by {member.name}")
-    if not 1 <= req.max_batch <= MAX_BATCH or not req.slot_paths or len(req.slot_paths) % 2:
-        raise BadRequest(f"max batch must be 1..{MAX_BATCH} and slots must come in IR/output pairs")
+    if not 1 <= req.max_batch <= MAX_BATCH or not req.slot_paths or len(req.slot_paths) % 3:
+        raise BadRequest(f"max batch must be 1..{MAX_BATCH} and slots must come in request/IR/output triples")
     split = split_model(req.architecture, req.m, req.ternary)
     _weights(ctx, req, split)
     ir_shape, out_shape = split.shapes()
-    depth = len(req.slot_paths) // 2
+    depth = len(req.slot_paths) // 3
+    sizes = (
+        (req.max_batch * request_size(split.input_shape), "uint8"),
+        (req.max_batch * math.prod(ir_shape), "float32"),
+        (req.max_batch * math.prod(out_shape), "float32"),
+    )
     try:
-        ir_slots = [SharedTensor(p, req.max_batch * torch.Size(ir_shape).numel(), "float32")
-                    for p in req.slot_paths[:depth]]
-        out_slots = [SharedTensor(p, req.max_batch * torch.Size(out_shape).numel(), "float32")
-                     for p in req.slot_paths[depth:]]
+        requests, irs, outs = (
+            [SharedTensor(path, n, dtype) for path in req.slot_paths[i * depth : (i + 1) * depth]]
+            for i, (n, dtype) in enumerate(sizes)
+        )
     except RuntimeError as exc:
         raise BadRequest(f"shared slots do not map: {exc}") from None
     digest_hex = state_digest(torch.nn.Sequential(split.front, split.tail))
     _registry(ctx)[req.model_id] = Deployed(
-        req.model_id, member.name, split, digest_hex, ir_slots, out_slots, out_shape, req.max_batch
+        req.model_id, member.name, split, digest_hex, requests, irs, outs, out_shape, req.max_batch
     )
     return ModelDeployed(
         model_id=req.model_id,
@@ -139,34 +142,65 @@ def deploy(ctx: EnclaveContext, req: DeployModel) -> ModelDeployed:
     )
 
 
+@ecall(OpenSession)
+def open_session(ctx: EnclaveContext, req: OpenSession) -> SessionOpened:
+    """One HPKE open per client session; its requests then cost an AES-GCM open each."""
+    table = _sessions(ctx)
+    table.open(ctx.hpke, req.session_id, req.ciphertext)
+    return SessionOpened(session_id=req.session_id, expires_in_s=table.ttl_ms / 1000, max_requests=table.max_requests)
+
+
 @ecall(InferFront)
 def infer_front(ctx: EnclaveContext, req: InferFront) -> FrontDone:
     d = _deployed(ctx, req.model_id)
-    n, size = len(req.request_ids), request_size(d.split.input_shape)
-    if not 1 <= n <= d.max_batch or len(req.ciphertexts) != n * size or not 0 <= req.slot < len(d.ir_slots):
-        raise BadRequest(f"a batch holds 1..{d.max_batch} requests of {size} bytes each, in a valid slot")
-    guard: ReplayGuard = ctx.extensions.setdefault(REPLAY, ReplayGuard())
+    n = len(req.session_ids)
+    if not 1 <= n <= d.max_batch or len(req.counters) != n or len(req.top_ks) != n or not 0 <= req.slot < len(
+        d.ir_slots
+    ):
+        raise BadRequest(f"a batch holds 1..{d.max_batch} requests (session, counter, top-k each) in a valid slot")
     started = time.perf_counter()
-    view = memoryview(req.ciphertexts)
-    inputs, pending, rejected = [], [], {}
-    for i, request_id in enumerate(req.request_ids):
+    table, size = _sessions(ctx), request_size(d.split.input_shape)
+    now_ms = table.opens.now()
+    # One copy out of host-writable memory before anything reads it: authenticating bytes the host could still
+    # change, then decrypting them again, would be a double fetch.
+    ciphertexts = bytes(d.request_slots[req.slot].view((n * size,)).numpy().data)
+    view = memoryview(ciphertexts)
+    rows = d.batch.numpy().data.cast("B")
+    row = rows.nbytes // d.max_batch
+    pending: list[tuple[bytes, str, int, int]] = []
+    positions: list[int] = []
+    rejected: dict[str, list[str]] = {}
+    for i, (session_id, counter, top_k) in enumerate(zip(req.session_ids, req.counters, req.top_ks, strict=True)):
+        j = len(pending)
         try:
-            opened = open_request(ctx.hpke, d.model_id, request_id, bytes(view[i * size : (i + 1) * size]),
-                                  d.split.input_shape)
-            guard.check(request_id, opened.issued_at_ms)
+            check_request(session_id, counter, top_k)
+            session = table.get(session_id, now_ms)
+            session.check(counter)
+            aead.decrypt_into(session.requests, view[i * size : (i + 1) * size],
+                              request_aad(d.model_id, session_id, counter, top_k), rows[j * row : (j + 1) * row],
+                              what="request")
+            session.accept(counter)
         except CaltrainError as exc:  # one bad request fails alone; the rest of the batch is served
             rejected[str(i)] = [type(exc).__name__, str(exc)]
             continue
-        inputs.append(opened.x)
-        pending.append((request_id, opened.response_key, opened.top_k))
+        pending.append((session.key, session_id, counter, top_k))
+        positions.append(i)
+    x = d.batch[: len(pending)]
+    finite = torch.isfinite(x).flatten(1).all(1)
+    if not bool(finite.all()):
+        for ok, i in zip(finite.tolist(), positions, strict=True):
+            if not ok:
+                rejected[str(i)] = [BadRequest.__name__, "input holds NaN or infinity"]
+        pending = [p for p, ok in zip(pending, finite.tolist(), strict=True) if ok]
+        x = x[finite]
     opened_at = time.perf_counter()
-    if inputs:
+    if pending:
         with torch.inference_mode():
-            ir = d.split.front(torch.stack(inputs))
+            ir = d.split.front(x)
         d.ir_slots[req.slot].view(ir.shape).copy_(ir)
     d.pending[req.slot] = pending
     return FrontDone(
-        accepted=len(inputs),
+        accepted=len(pending),
         rejected=rejected,
         timings={"decrypt_s": opened_at - started, "front_s": time.perf_counter() - opened_at},
     )
@@ -180,22 +214,23 @@ def infer_finish(ctx: EnclaveContext, req: InferFinish) -> Answers:
         raise BadRequest(f"slot {req.slot} holds no batch of {req.count} requests awaiting answers")
     started = time.perf_counter()
     with torch.inference_mode():
-        out = d.out_slots[req.slot].view((req.count, *d.out_shape))
+        out = d.out_slots[req.slot].view((req.count, *d.out_shape)).clone()  # checked and used: one fetch
         if not torch.isfinite(out).all():
             raise InferenceError("the host's output holds NaN or infinity; batch not answered")
         probs = torch.softmax(d.split.tail(out), dim=1)
-        top_p, top_i = torch.topk(probs, min(max(k for _, _, k in pending), probs.shape[1]), dim=1)
+        top_p, top_i = torch.topk(probs, min(max(p[3] for p in pending), probs.shape[1]), dim=1)
+    labels, probabilities = top_i.tolist(), top_p.tolist()
     finished = time.perf_counter()
-    blobs = []
-    for row, (request_id, key, k) in enumerate(pending):
-        answer = {
+    blobs = [
+        seal_answer(key, d.model_id, session_id, counter, {
             "model_id": d.model_id,
             "owner": d.owner,
             "front_digest": d.front_digest,
-            "labels": top_i[row, :k].tolist(),
-            "probabilities": top_p[row, :k].tolist(),
-        }
-        blobs.append(seal_answer(key, d.model_id, request_id, answer))
+            "labels": labels[row][:k],
+            "probabilities": probabilities[row][:k],
+        })
+        for row, (key, session_id, counter, k) in enumerate(pending)
+    ]
     return Answers(
         ciphertexts=b"".join(blobs),
         lengths=[len(b) for b in blobs],

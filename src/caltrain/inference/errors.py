@@ -18,8 +18,16 @@ class BadRequest(InferenceError):
 
 
 class ReplayedRequest(InferenceError):
-    """This request id was already answered: the enclave opens each request once (HTTP 409)."""
+    """This session id or request counter was already used: the enclave opens each once (HTTP 409)."""
 
 
 class RequestTooLarge(InferenceError):
     """The request body exceeds the size limit (HTTP 413)."""
+
+
+class UnknownSession(InferenceError):
+    """No live session under this id (never opened, or evicted to bound memory): open a new one (HTTP 404)."""
+
+
+class SessionExpired(UnknownSession):
+    """The session reached its lifetime or request limit: open a new one (HTTP 410)."""

@@ -1,15 +1,16 @@
 """DeepEnclave's host half: the registry of deployed models and the batching pipeline.
 
 Concurrent requests are gathered into batches (up to `max_batch`, waiting at most `max_wait_ms` after the
-first). Each batch takes a pair of shared slots and flows: enclave (open, FrontNet → IR slot) → host
-(its part → output slot) → enclave (ternary: last layer; softmax, top-k, encrypt). With `depth` slot pairs,
-the enclave opens batch k+1 while the host runs batch k. Each request keeps its own future, so answers
-are never mixed up; one bad request is rejected alone.
+first). Each batch takes a triple of shared slots and flows: its ciphertexts → request slot → enclave (open,
+FrontNet → IR slot) → host (its part → output slot) → enclave (ternary: last layer; softmax, top-k, encrypt).
+With `depth` slot triples, the enclave opens batch k+1 while the host runs batch k. Each request keeps its own
+future, so answers are never mixed up; one bad request is rejected alone.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import queue
 import threading
 import time
@@ -22,10 +23,20 @@ import torch
 
 from caltrain.enclave.host import EnclaveHost, raise_failure
 from caltrain.enclave.shm import SharedTensor
-from caltrain.enclave.wire import Answers, DeployModel, Failure, FrontDone, InferFinish, InferFront, ModelDeployed
+from caltrain.enclave.wire import (
+    Answers,
+    DeployModel,
+    Failure,
+    FrontDone,
+    InferFinish,
+    InferFront,
+    ModelDeployed,
+    OpenSession,
+    SessionOpened,
+)
 from caltrain.errors import CaltrainError, InferenceError
 from caltrain.inference.errors import BadRequest, DuplicateModel, UnknownModel
-from caltrain.inference.requests import check_request_id, request_size
+from caltrain.inference.requests import SESSION_SIZE, check_request, request_size
 from caltrain.inference.split import InferenceSplit, load_exact, split_model
 from caltrain.models import ZOO
 
@@ -64,7 +75,9 @@ class ModelInfo:
 
 @dataclass
 class _Pending:
-    request_id: str
+    session_id: str
+    counter: int
+    top_k: int
     ciphertext: bytes
     future: Future[bytes] = field(default_factory=Future)
 
@@ -94,13 +107,14 @@ class ModelServer:
         enclave: EnclaveHost,
         info: ModelInfo,
         split: InferenceSplit,
-        slots: tuple[list[SharedTensor], list[SharedTensor]],
+        slots: tuple[list[SharedTensor], list[SharedTensor], list[SharedTensor]],
         config: BatchingConfig,
     ) -> None:
         self.enclave, self.info, self.config = enclave, info, config
         self._host = split.host
         self._ir_shape, _ = split.shapes()
-        self._ir, self._out = slots
+        self.slots = slots  # request ciphertexts, IRs, outputs: all the host ever shares with the enclave
+        self._requests, self._ir, self._out = slots
         self._queue: queue.Queue[_Pending | None] = queue.Queue()
         self._stage: queue.Queue[tuple[list[_Pending], int, dict[str, float]] | None] = queue.Queue()
         self._free: queue.Queue[int] = queue.Queue()
@@ -115,17 +129,17 @@ class ModelServer:
         for t in self._threads:
             t.start()
 
-    def submit(self, request_id: str, ciphertext: bytes) -> Future[bytes]:
+    def submit(self, session_id: str, counter: int, top_k: int, ciphertext: bytes) -> Future[bytes]:
         """Queue one request; the future holds its encrypted answer or its typed error."""
         if self._closed:
             raise InferenceError(f"model {self.info.model_id} is shutting down")
-        check_request_id(request_id)
+        check_request(session_id, counter, top_k)
         if len(ciphertext) != self.info.request_size:
             raise BadRequest(
                 f"request is {len(ciphertext)} bytes; model {self.info.model_id} takes {self.info.request_size} "
                 f"(one float32 input of shape {self.info.input_shape})"
             )
-        pending = _Pending(request_id, ciphertext)
+        pending = _Pending(session_id, counter, top_k, ciphertext)
         self._queue.put(pending)
         return pending.future
 
@@ -152,11 +166,14 @@ class ModelServer:
             slot = self._free.get()
             try:
                 started = time.perf_counter()
+                joined = b"".join(p.ciphertext for p in batch)
+                self._requests[slot].view((len(joined),)).numpy()[:] = memoryview(joined)
                 msg = InferFront(
                     model_id=self.info.model_id,
                     slot=slot,
-                    request_ids=[p.request_id for p in batch],
-                    ciphertexts=b"".join(p.ciphertext for p in batch),
+                    session_ids=[p.session_id for p in batch],
+                    counters=[p.counter for p in batch],
+                    top_ks=[p.top_k for p in batch],
                 )
                 done = self.enclave.call(msg, FrontDone)
                 timings = {**done.timings, "front_call_s": time.perf_counter() - started, "batch": len(batch)}
@@ -205,8 +222,9 @@ class ModelServer:
         self._queue.put(None)
         for t in self._threads:
             t.join(timeout=30)
-        for slot in (*self._ir, *self._out):
-            slot.unlink()
+        for part in self.slots:
+            for slot in part:
+                slot.unlink()
 
 
 class InferenceService:
@@ -238,11 +256,13 @@ class InferenceService:
             split = split_model(architecture, m, ternary)
             load_exact([split.host], host_state, "host part")
             ir_shape, out_shape = split.shapes()
-            cap = self.config.max_batch
-            slots = (
-                [SharedTensor.create(cap * torch.Size(ir_shape).numel(), "float32") for _ in range(self.config.depth)],
-                [SharedTensor.create(cap * torch.Size(out_shape).numel(), "float32") for _ in range(self.config.depth)],
-            )
+            cap, depth = self.config.max_batch, self.config.depth
+
+            def group(per_request: int, dtype: str) -> list[SharedTensor]:
+                return [SharedTensor.create(cap * per_request, dtype) for _ in range(depth)]
+
+            slots = (group(request_size(split.input_shape), "uint8"), group(math.prod(ir_shape), "float32"),
+                     group(math.prod(out_shape), "float32"))
             msg = DeployModel(
                 model_id=model_id,
                 job_id=job_id,
@@ -252,14 +272,15 @@ class InferenceService:
                 sealed_weights=sealed_weights,
                 owner=owner,
                 signature=signature,
-                slot_paths=[str(s.path) for s in (*slots[0], *slots[1])],
+                slot_paths=[str(s.path) for part in slots for s in part],
                 max_batch=cap,
             )
             try:
                 deployed = self.enclave.call(msg, ModelDeployed)
             except CaltrainError:
-                for s in (*slots[0], *slots[1]):
-                    s.unlink()
+                for part in slots:
+                    for s in part:
+                        s.unlink()
                 raise
             spec = ZOO[architecture]
             info = ModelInfo(
@@ -277,6 +298,12 @@ class InferenceService:
             self.models[model_id] = ModelServer(self.enclave, info, split, slots, self.config)
         log.info("deployed %s: %s cut m=%d ternary=%s by %s", model_id, architecture, m, ternary, info.owner)
         return info
+
+    def open_session(self, session_id: str, ciphertext: bytes) -> SessionOpened:
+        """Hand a client's sealed session key to the enclave (one HPKE open, then AES-GCM per request)."""
+        if len(ciphertext) != SESSION_SIZE:
+            raise BadRequest(f"a session key ciphertext is {SESSION_SIZE} bytes, got {len(ciphertext)}")
+        return self.enclave.call(OpenSession(session_id=session_id, ciphertext=ciphertext), SessionOpened)
 
     def get(self, model_id: str) -> ModelServer:
         try:

@@ -25,7 +25,14 @@ from caltrain.errors import (
     ServiceError,
     Unauthenticated,
 )
-from caltrain.inference.errors import DuplicateModel, ReplayedRequest, RequestTooLarge, UnknownModel
+from caltrain.inference.errors import (
+    DuplicateModel,
+    ReplayedRequest,
+    RequestTooLarge,
+    SessionExpired,
+    UnknownModel,
+    UnknownSession,
+)
 from caltrain.inference.serving import BatchingConfig, InferenceService
 from caltrain.service import forensics, inference, ingestion, training
 from caltrain.service.auth import RequestAuthenticator
@@ -45,6 +52,8 @@ def status_code(exc: CaltrainError) -> int:
         (UnknownDataset, 404),
         (UnknownJob, 404),
         (UnknownModel, 404),
+        (SessionExpired, 410),
+        (UnknownSession, 404),
         (DuplicateDataset, 409),
         (JobBusy, 409),
         (DuplicateModel, 409),

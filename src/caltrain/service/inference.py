@@ -54,16 +54,30 @@ class ModelOut(BaseModel):
     request_size: int = Field(description="bytes of one request ciphertext")
 
 
+class SessionIn(BaseModel):
+    session_id: str = Field(description="32 hex characters, fresh per session (bound into the HPKE context)")
+    ciphertext: str = Field(description="base64 HPKE ciphertext to the enclave key: session key and issue time")
+
+
+class SessionOut(BaseModel):
+    session_id: str
+    expires_in_s: float = Field(description="the session's lifetime; then (or after max_requests) open another")
+    max_requests: int
+
+
 class InferIn(BaseModel):
     model_id: str
-    request_id: str = Field(description="32 hex characters, fresh per request (bound into the HPKE context)")
-    ciphertext: str = Field(description="base64 HPKE ciphertext to the enclave key")
+    session_id: str
+    counter: int = Field(description="1, 2, 3, ... per session; each is accepted once (1024-wide reorder window)")
+    top_k: int = Field(description="how many labels to answer (bound into the ciphertext's associated data)")
+    ciphertext: str = Field(description="base64 AES-256-GCM of the float32 input under the session's request key")
 
 
 class InferOut(BaseModel):
     model_id: str
-    request_id: str
-    ciphertext: str = Field(description="base64 AES-256-GCM answer under the key sealed inside the request")
+    session_id: str
+    counter: int
+    ciphertext: str = Field(description="base64 AES-256-GCM answer under a key derived for this request")
 
 
 def _b64(value: str, what: str) -> bytes:
@@ -145,10 +159,22 @@ def model(request: Request, model_id: str) -> ModelOut:
     return ModelOut(**inference(request).get(model_id).info.to_json())
 
 
+@router.post("/sessions", status_code=201, response_model=SessionOut, openapi_extra=_body_schema(SessionIn))
+async def open_session(request: Request) -> SessionOut:
+    """Open an inference session: a session key sealed to the attested enclave, used by many requests."""
+    body = await _parse(request, SessionIn, MAX_INFER_BYTES)
+    opened = await run_in_threadpool(
+        inference(request).open_session, body.session_id, _b64(body.ciphertext, "ciphertext")
+    )
+    return SessionOut(session_id=opened.session_id, expires_in_s=opened.expires_in_s, max_requests=opened.max_requests)
+
+
 @router.post("/infer", response_model=InferOut, openapi_extra=_body_schema(InferIn))
 async def infer(request: Request) -> InferOut:
     """One encrypted input in, its encrypted top-k out; batched with concurrent requests on the server."""
     body = await _parse(request, InferIn, MAX_INFER_BYTES)
-    future = inference(request).get(body.model_id).submit(body.request_id, _b64(body.ciphertext, "ciphertext"))
+    server = inference(request).get(body.model_id)
+    future = server.submit(body.session_id, body.counter, body.top_k, _b64(body.ciphertext, "ciphertext"))
     answer = await asyncio.wrap_future(future)
-    return InferOut(model_id=body.model_id, request_id=body.request_id, ciphertext=base64.b64encode(answer).decode())
+    return InferOut(model_id=body.model_id, session_id=body.session_id, counter=body.counter,
+                    ciphertext=base64.b64encode(answer).decode())

@@ -1,23 +1,25 @@
-"""`InferenceClient`: attest the enclave once, then send inputs only it can read and read answers only we can."""
+"""`InferenceClient`: attest the enclave once, open a session, then send inputs only it can read and read answers
+only we can."""
 
 from __future__ import annotations
 
 import base64
 import io
 import json
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 
 from caltrain.attestation import Policy, Verifier
-from caltrain.crypto import aead
 from caltrain.crypto.signing import Identity
 from caltrain.enclave.protocol import deploy_digest
-from caltrain.inference.errors import BadRequest
+from caltrain.inference.errors import BadRequest, UnknownSession
 from caltrain.inference.owner import prepare_deployment
-from caltrain.inference.requests import new_request_id, open_answer, seal_request
+from caltrain.inference.requests import ClientSession
 from caltrain.service.client import AttestedEnclave, CaltrainClient
 
 
@@ -30,11 +32,16 @@ class Prediction:
     model_id: str
     owner: str
     front_digest: str
-    request_id: str
+    session_id: str
+    counter: int
 
 
 class InferenceClient:
-    """Attests the enclave (fresh nonce, `policy`) on construction; every request then goes to that key only."""
+    """Attests the enclave (fresh nonce, `policy`) on construction; every request then goes to that key only.
+
+    The first request opens a session (one HPKE seal to the attested key); later ones are AES-GCM under its
+    key. A session that expired, ran out of requests or was evicted is replaced once, transparently.
+    """
 
     def __init__(
         self, server: str, policy: Policy, *, identity: Identity | None = None, name: str | None = None
@@ -43,6 +50,8 @@ class InferenceClient:
         self._identity, self._name = identity, name
         self.enclave: AttestedEnclave = self.http.attest(Verifier(policy))
         self._shapes: dict[str, tuple[int, ...]] = {}
+        self._session: ClientSession | None = None
+        self._session_lock = threading.Lock()
 
     def close(self) -> None:
         self.http.close()
@@ -58,10 +67,7 @@ class InferenceClient:
         return result
 
     def _deploy(self, body: dict[str, object]) -> dict[str, object]:
-        result: dict[str, object] = self.http.request(
-            "POST", "/v1/models", body=json.dumps(body).encode(), headers={"content-type": "application/json"},
-            signed=True,
-        )
+        result: dict[str, object] = self._post("/v1/models", body, signed=True)
         return result
 
     def _owner(self) -> tuple[Identity, str]:
@@ -111,17 +117,41 @@ class InferenceClient:
         x = np.asarray(x, dtype=np.float32)
         if x.shape != shape:
             raise BadRequest(f"model {model_id} takes inputs of shape {shape}, got {x.shape}")
-        request_id, response_key = new_request_id(), aead.new_key()
-        ciphertext = seal_request(self.enclave.keys.hpke, model_id, request_id, x, top_k, response_key)
-        body = {"model_id": model_id, "request_id": request_id, "ciphertext": base64.b64encode(ciphertext).decode()}
-        out = self.http.request(
-            "POST", "/v1/infer", body=json.dumps(body).encode(), headers={"content-type": "application/json"}
-        )
-        answer = open_answer(response_key, model_id, request_id, base64.b64decode(out["ciphertext"]))
+        session = self._current_session()
+        try:
+            return self._classify(session, x, model_id, top_k)
+        except UnknownSession:  # expired, used up or evicted: one fresh session, one retry
+            self._drop_session(session)
+            return self._classify(self._current_session(), x, model_id, top_k)
+
+    def _classify(self, session: ClientSession, x: np.ndarray, model_id: str, top_k: int) -> Prediction:
+        counter, ciphertext = session.seal(model_id, x, top_k)
+        out = self._post("/v1/infer", {"model_id": model_id, "session_id": session.session_id, "counter": counter,
+                                       "top_k": top_k, "ciphertext": base64.b64encode(ciphertext).decode()})
+        answer = session.open_answer(model_id, counter, base64.b64decode(out["ciphertext"]))
         return Prediction(
             answer["labels"], answer["probabilities"], answer["model_id"], answer["owner"], answer["front_digest"],
-            request_id,
+            session.session_id, counter,
         )
+
+    def _post(self, path: str, body: dict[str, object], *, signed: bool = False) -> Any:
+        return self.http.request(
+            "POST", path, body=json.dumps(body).encode(), headers={"content-type": "application/json"}, signed=signed
+        )
+
+    def _current_session(self) -> ClientSession:
+        with self._session_lock:
+            if self._session is None:
+                session = ClientSession(self.enclave.keys.hpke)
+                self._post("/v1/sessions", {"session_id": session.session_id,
+                                            "ciphertext": base64.b64encode(session.sealed).decode()})
+                self._session = session
+            return self._session
+
+    def _drop_session(self, stale: ClientSession) -> None:
+        with self._session_lock:
+            if self._session is stale:
+                self._session = None
 
     def classify_many(
         self, xs: np.ndarray, model_id: str, *, top_k: int = 5, concurrency: int = 8
