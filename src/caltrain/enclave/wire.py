@@ -325,6 +325,7 @@ class FrontDone(Message):
     accepted: int
     rejected: dict[str, list[str]]  # batch position -> [error class, detail]
     timings: dict[str, float]
+    layout: str  # of the IRs in shared memory (caltrain.enclave.shm.LAYOUTS)
 
 
 @message

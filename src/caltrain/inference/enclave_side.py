@@ -194,15 +194,16 @@ def infer_front(ctx: EnclaveContext, req: InferFront) -> FrontDone:
         pending = [p for p, ok in zip(pending, finite.tolist(), strict=True) if ok]
         x = x[finite]
     opened_at = time.perf_counter()
+    layout = "contiguous"
     if pending:
         with torch.inference_mode():
-            ir = d.split.front(x)
-        d.ir_slots[req.slot].view(ir.shape).copy_(ir)
+            layout = d.ir_slots[req.slot].put(d.split.front(x))
     d.pending[req.slot] = pending
     return FrontDone(
         accepted=len(pending),
         rejected=rejected,
         timings={"decrypt_s": opened_at - started, "front_s": time.perf_counter() - opened_at},
+        layout=layout,
     )
 
 

@@ -116,7 +116,7 @@ class ModelServer:
         self.slots = slots  # request ciphertexts, IRs, outputs: all the host ever shares with the enclave
         self._requests, self._ir, self._out = slots
         self._queue: queue.Queue[_Pending | None] = queue.Queue()
-        self._stage: queue.Queue[tuple[list[_Pending], int, dict[str, float]] | None] = queue.Queue()
+        self._stage: queue.Queue[tuple[list[_Pending], int, dict[str, float], str] | None] = queue.Queue()
         self._free: queue.Queue[int] = queue.Queue()
         for slot in range(len(self._ir)):
             self._free.put(slot)
@@ -188,19 +188,19 @@ class ModelServer:
                 else:
                     accepted.append(p)
             if accepted:
-                self._stage.put((accepted, slot, timings))
+                self._stage.put((accepted, slot, timings, done.layout))
             else:
                 self._free.put(slot)
         self._stage.put(None)
 
     def _back_loop(self) -> None:
         while (item := self._stage.get()) is not None:
-            accepted, slot, timings = item
+            accepted, slot, timings, layout = item
             n = len(accepted)
             try:
                 started = time.perf_counter()
                 with torch.inference_mode():
-                    out = self._host(self._ir[slot].view((n, *self._ir_shape)))
+                    out = self._host(self._ir[slot].view((n, *self._ir_shape), layout))
                 self._out[slot].view(out.shape).copy_(out)
                 host_done = time.perf_counter()
                 answers = self.enclave.call(InferFinish(model_id=self.info.model_id, slot=slot, count=n), Answers)
