@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-from typing import Any
+from typing import ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from caltrain.attestation.errors import PolicyError
+from caltrain.errors import CaltrainError
+from caltrain.jsonfile import JsonFileModel
 
 
 def _hex_list(values: list[str], what: str) -> list[str]:
@@ -142,10 +142,11 @@ class SnpPolicy(HardwarePolicy):
         return _hex_list(v, "sev-snp field")
 
 
-class Policy(BaseModel):
+class Policy(JsonFileModel):
     """What evidence a participant accepts before releasing a key. Everything unlisted is denied."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+    what: ClassVar[str] = "policy"
+    error: ClassVar[type[CaltrainError]] = PolicyError
 
     version: int = 1
     platforms: list[str]
@@ -180,23 +181,3 @@ class Policy(BaseModel):
     def snp_section(self) -> SnpPolicy:
         return self.sev_snp or SnpPolicy()
 
-    @classmethod
-    def from_dict(cls, data: Any) -> Policy:
-        try:
-            return cls.model_validate(data)
-        except ValidationError as exc:
-            raise PolicyError(f"invalid policy: {exc}") from None
-
-    @classmethod
-    def load(cls, path: Path) -> Policy:
-        try:
-            data = json.loads(Path(path).read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise PolicyError(f"cannot read policy {path}: {exc}") from None
-        return cls.from_dict(data)
-
-    def to_dict(self) -> dict[str, Any]:
-        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
-
-    def save(self, path: Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")

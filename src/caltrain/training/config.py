@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-from typing import Any, Literal
+from typing import ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field
 
-from caltrain.errors import TrainingError
+from caltrain.errors import CaltrainError, TrainingError
+from caltrain.jsonfile import JsonFileModel
 
 
-class TrainConfig(BaseModel):
+class TrainConfig(JsonFileModel):
     """Model, cut (`frontnet_layers` = m blocks in the enclave), schedule, optimizer, seed, datasets."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    what: ClassVar[str] = "training config"
+    error: ClassVar[type[CaltrainError]] = TrainingError
 
     model: str = "digits-cnn"
     frontnet_layers: int = Field(default=2, ge=1)
@@ -29,20 +29,3 @@ class TrainConfig(BaseModel):
     datasets: list[str] = Field(default_factory=list, description="training dataset ids; empty = all but eval")
     eval_datasets: list[str] = Field(default_factory=list, description="held-out dataset ids for accuracy")
     checkpoint_every: int = Field(default=0, ge=0, description="also checkpoint every N steps (0 = epochs only)")
-
-    @classmethod
-    def from_dict(cls, data: Any) -> TrainConfig:
-        try:
-            return cls.model_validate(data)
-        except ValidationError as exc:
-            raise TrainingError(f"invalid training config: {exc}") from None
-
-    @classmethod
-    def load(cls, path: Path) -> TrainConfig:
-        try:
-            return cls.from_dict(json.loads(Path(path).read_text()))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise TrainingError(f"cannot read training config {path}: {exc}") from None
-
-    def to_dict(self) -> dict[str, Any]:
-        return self.model_dump(mode="json")
