@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import MEASUREMENT
 
 from caltrain.accountability.attacks import Scenario, make_scenario
 from caltrain.accountability.attribution import TrainingSet, get_method, rank_contributors
@@ -15,6 +14,7 @@ from caltrain.accountability.linkage import LinkageLog, verify_linkage_proof
 from caltrain.accountability.tracing import Tracer
 from caltrain.crypto.signing import Identity
 from caltrain.data.datasets import load_dataset
+from conftest import MEASUREMENT
 
 
 @pytest.fixture(scope="module")
@@ -57,8 +57,6 @@ def test_ours_ranks_poison_at_dataset_level(backdoor: tuple[Scenario, TrainingSe
     assert roc_auc_score(s.poison_mask, method.suspicion()) > 0.9
 
 
-@pytest.mark.xfail(strict=True, reason="known shortfall: the abstention rule still blames most natural confusions "
-                   "on digits (see docs/accountability.md)")
 def test_natural_confusions_not_blamed(backdoor: tuple[Scenario, TrainingSet, Queries]) -> None:
     _, ts, q = backdoor
     method = get_method("ours")

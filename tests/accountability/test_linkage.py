@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import MEASUREMENT, participant_records
 
 from caltrain.accountability.errors import (
     LinkageProofInvalid,
@@ -26,6 +25,7 @@ from caltrain.accountability.store import _label, load_log, save_log
 from caltrain.crypto.merkle import MerkleTree
 from caltrain.crypto.sealing import Sealer
 from caltrain.crypto.signing import Identity
+from conftest import MEASUREMENT, participant_records
 
 
 @pytest.fixture()
