@@ -2,9 +2,10 @@
 
 Every method is fitted once on the enclave's view of the training set (`TrainingSet`) and then answers per-query
 rankings of the records labelled with the predicted class, plus, where it has one, a dataset-level suspicion score
-for every record. `caltrain-knn` is the seed (embedding kNN); `ours` fuses embedding kNN, last-layer gradient
-similarity and a per-class calibrated dataset-level suspicion, and abstains ("no responsible training data found")
-when the records it would blame look like ordinary members of their class.
+for every record. `caltrain-knn` is the seed (embedding kNN); `ours` scores every record by how much it looks like
+another class in input space, pooled over its embedding cluster and over its contributor's records of that class,
+and abstains ("no responsible training data found") when the records it would blame come from no contributor group
+that stands out against all groups.
 """
 
 from __future__ import annotations
