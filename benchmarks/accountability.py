@@ -68,6 +68,7 @@ def cached_model(
 def run(args: argparse.Namespace) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    done = {_key(r) for r in load_runs(out / "runs.jsonl")} if args.resume else set()
     log = (out / "runs.jsonl").open("a")
     for dataset in args.datasets:
         try:
@@ -78,7 +79,8 @@ def run(args: argparse.Namespace) -> None:
         if args.subset and len(train) > args.subset:
             train = train.subset(np.random.default_rng(0).permutation(len(train))[: args.subset])
         epochs = args.epochs if args.epochs else (30 if dataset == "digits" else 2)
-        jobs = [(seed, sc) for seed in range(args.seeds) for sc in args.scenarios]
+        jobs = [(seed, sc) for seed in range(args.seeds) for sc in args.scenarios
+                if any((dataset, seed, sc, m) not in done for m in args.methods)]
         for seed, scenario_name in tqdm(jobs, desc=dataset, file=sys.stderr):
             attack, rate = parse_scenario(scenario_name)
             scenario = make_scenario(attack, train, rate=rate, seed=seed)
@@ -89,6 +91,8 @@ def run(args: argparse.Namespace) -> None:
             fingerprint_ms_per_1k = 1000 * (time.perf_counter() - t0) / len(merged) * 1000
             queries = collect_queries(ts, scenario, test, limit=args.queries, seed=seed)
             for method_name in args.methods:
+                if (dataset, seed, scenario_name, method_name) in done:
+                    continue
                 method = get_method(method_name)
                 t0 = time.perf_counter()
                 method.fit(ts)
@@ -104,12 +108,13 @@ def run(args: argparse.Namespace) -> None:
                 log.flush()
 
 
+def _key(row: dict[str, Any]) -> tuple[Any, ...]:
+    return row["dataset"], row["seed"], row["scenario"], row["method"]
+
+
 def load_runs(path: Path) -> list[dict[str, Any]]:
     """Every measured cell of runs.jsonl, the latest line winning for a repeated (dataset, seed, scenario, method)."""
-    latest: dict[tuple[Any, ...], dict[str, Any]] = {}
-    for line in path.read_text().splitlines() if path.exists() else []:
-        row = json.loads(line)
-        latest[(row["dataset"], row["seed"], row["scenario"], row["method"])] = row
+    latest = {_key(row): row for row in map(json.loads, path.read_text().splitlines() if path.exists() else [])}
     return list(latest.values())
 
 
@@ -187,6 +192,7 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=100, help="attack and natural mispredictions traced, at most")
     parser.add_argument("--scenarios", nargs="+", default=SCENARIOS)
     parser.add_argument("--methods", nargs="+", default=METHODS, choices=available_methods())
+    parser.add_argument("--resume", action="store_true", help="skip cells runs.jsonl already holds")
     args = parser.parse_args()
     if args.quick:
         args.datasets, args.seeds, args.epochs = ["digits"], 1, 20

@@ -201,9 +201,9 @@ class Ours(AttributionMethod):
     neighbours = 10  # k of the input-space label conflict
     cluster = 20  # within-class embedding neighbours a record's conflict is averaged over
     shrink = 10.0  # records at which a contributor-class group's excess counts half
-    group_weight = 4.0  # weight of the contributor-class excess in the suspicion
     candidates = 5000  # exact embedding shortlist per query (the whole class at benchmark sizes)
-    abstain_z = 3.0  # blame only records from contributor-class groups this many robust SDs above all groups
+    abstain_z = 5.0  # blame only records from contributor-class groups this many robust SDs above all groups
+    evidence = 10  # top answers whose groups decide whether anyone is to blame
 
     def fit(self, ts: TrainingSet) -> None:
         f, y = ts.features.fingerprints, ts.y
@@ -216,13 +216,15 @@ class Ours(AttributionMethod):
         _, nbr = self._index.search(f, self.cluster + 1, y)
         nbr = np.where(nbr < 0, np.arange(len(y))[:, None], nbr)
         record = conflict[nbr].mean(axis=1)
-        excess = _group_excess(record, y, ts.contributors, self.shrink)
-        self._suspicion = record + self.group_weight * excess
         # Null for blame: every contributor-class group's excess, standardised robustly over all groups (honest
         # groups are the vast majority), so a group's z says how unusual its records are for honest data.
+        excess = _group_excess(record, y, ts.contributors, self.shrink)
         groups = np.unique(np.stack([y, ts.contributors], axis=1), axis=0, return_inverse=True)[1].ravel()
-        group_excess = np.bincount(groups, excess) / np.bincount(groups)
-        self._group_z = _robust_standardize(group_excess)[groups]
+        self._group_z = _robust_standardize(np.bincount(groups, excess) / np.bincount(groups))[groups]
+        # The group's evidence saturates: every clearly anomalous group (each colluder) gets the same lift, and
+        # within them records are told apart by their own score, nearer the query first among equals.
+        self._group_confidence = 1.0 / (1.0 + np.exp(-(self._group_z - self.abstain_z)))
+        self._suspicion = record + self._group_confidence
 
     def suspicion(self) -> np.ndarray:
         return self._suspicion
@@ -236,9 +238,9 @@ class Ours(AttributionMethod):
         for cand in shortlist:
             cand = cand[cand >= 0]
             att = rank_by_scores(self._suspicion[cand], cand, k)
-            blame_z = float(np.median(self._group_z[att.positions[: self.neighbours]]))
-            confidence = float(1.0 / (1.0 + np.exp(-(blame_z - self.abstain_z))))
-            out.append(Attribution(att.positions, att.scores, confidence, blame_z >= self.abstain_z))
+            top = att.positions[: self.evidence]
+            confidence = float(np.median(self._group_confidence[top]))
+            out.append(Attribution(att.positions, att.scores, confidence, confidence >= 0.5))
         return out
 
 
