@@ -141,15 +141,15 @@ def aggregate(runs: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, dict[
 def markdown(table: dict[str, Any]) -> str:
     lines = []
     for dataset, methods in table.items():
-        lines += [f"### {dataset}", "", "| method | scenario | " + " | ".join(COLUMNS) + " |",
-                  "|---|---|" + "---|" * len(COLUMNS)]
+        lines += [f"### {dataset}", "", "| method | scenario | seeds | " + " | ".join(COLUMNS) + " |",
+                  "|---|---|---|" + "---|" * len(COLUMNS)]
         for method in METHODS:
             for scenario in SCENARIOS:
                 cell = methods.get(method, {}).get(scenario)
                 if cell is None:
                     continue
                 vals = ["n/a" if cell.get(c) is None else f"{cell[c]:.2f}" for c in COLUMNS]
-                lines.append(f"| {method} | {scenario} | " + " | ".join(vals) + " |")
+                lines.append(f"| {method} | {scenario} | {cell['seeds']} | " + " | ".join(vals) + " |")
         first = next(iter(methods.values()))
         costs = [f"{s}: train {c['train_s']:.0f} s, fingerprints {c['fingerprint_ms_per_1k']:.1f} ms/1k records, "
                  f"clean acc {c['clean_accuracy']:.3f}, attack success {c['attack_success']:.2f}, "

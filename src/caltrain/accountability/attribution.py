@@ -199,7 +199,8 @@ class Ours(AttributionMethod):
 
     name = "ours"
     neighbours = 10  # k of the input-space label conflict
-    cluster = 20  # within-class embedding neighbours a record's conflict is averaged over
+    cluster = 0.025  # share of its class a record's conflict is averaged over (half a 0.5%-of-data poison set)
+    max_cluster = 20
     shrink = 10.0  # records at which a contributor-class group's excess counts half
     candidates = 5000  # exact embedding shortlist per query (the whole class at benchmark sizes)
     abstain_z = 5.0  # blame only records from contributor-class groups this many robust SDs above all groups
@@ -213,7 +214,9 @@ class Ours(AttributionMethod):
         conflict = _knn_conflict(pixels, y, self.neighbours)
         # Poison shares one cause, so the model puts it in a tight cluster of its label: averaging over the
         # record's within-class embedding neighbours adds poison up and dilutes an isolated hard clean example.
-        _, nbr = self._index.search(f, self.cluster + 1, y)
+        sizes = np.bincount(y)
+        k = int(np.clip(round(self.cluster * np.median(sizes[sizes > 0])), 3, self.max_cluster))
+        _, nbr = self._index.search(f, k + 1, y)
         nbr = np.where(nbr < 0, np.arange(len(y))[:, None], nbr)
         record = conflict[nbr].mean(axis=1)
         # Null for blame: every contributor-class group's excess, standardised robustly over all groups (honest
