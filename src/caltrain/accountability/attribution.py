@@ -13,6 +13,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from statistics import NormalDist
 from typing import ClassVar
 
 import numpy as np
@@ -172,24 +173,24 @@ def pixel_projection(
     return project(x), project
 
 
-def _group_excess(values: np.ndarray, labels: np.ndarray, contributors: np.ndarray, shrink: float) -> np.ndarray:
-    """Per record: how much more `values` its contributor's records in its class have on average than the class,
-    shrunk towards 0 for small groups (n / (n + shrink)): poison is supplied in bulk by few contributors."""
-    out = np.zeros(len(values))
+def _group_z(values: np.ndarray, labels: np.ndarray, contributors: np.ndarray) -> tuple[np.ndarray, int]:
+    """Per record, the z-score of its (class, contributor) group's mean against the null that contributors are
+    unrelated to `values`: a random n of the class's N records has a mean with standard error
+    sd/√n · √((N−n)/(N−1)). Poison is supplied in bulk by few contributors; honest groups follow the null.
+    Also returns the number of groups (for a familywise threshold)."""
+    z = np.zeros(len(values))
+    groups = 0
     for c in np.unique(labels):
         in_class = labels == c
-        base = values[in_class].mean()
+        big_n, mean, sd = int(in_class.sum()), float(values[in_class].mean()), float(values[in_class].std())
         for who in np.unique(contributors[in_class]):
             group = in_class & (contributors == who)
             n = int(group.sum())
-            out[group] = (values[group].mean() - base) * n / (n + shrink)
-    return out
-
-
-def _robust_standardize(values: np.ndarray) -> np.ndarray:
-    """(v − median) / (1.4826 · MAD): a z-score whose scale the few extreme (poisoned) groups cannot inflate."""
-    med = float(np.median(values))
-    return (values - med) / max(1.4826 * float(np.median(np.abs(values - med))), 1e-9)
+            groups += 1
+            if n < big_n and sd > 0:
+                se = sd / np.sqrt(n) * np.sqrt((big_n - n) / (big_n - 1))
+                z[group] = (float(values[group].mean()) - mean) / se
+    return z, groups
 
 
 @register
@@ -201,9 +202,8 @@ class Ours(AttributionMethod):
     neighbours = 10  # k of the input-space label conflict
     cluster = 0.025  # share of its class a record's conflict is averaged over (half a 0.5%-of-data poison set)
     max_cluster = 20
-    shrink = 10.0  # records at which a contributor-class group's excess counts half
     candidates = 5000  # exact embedding shortlist per query (the whole class at benchmark sizes)
-    abstain_z = 5.0  # blame only records from contributor-class groups this many robust SDs above all groups
+    familywise = 1e-3  # chance that some honest group is blamed, under the null (Bonferroni over groups)
     evidence = 10  # top answers whose groups decide whether anyone is to blame
 
     def fit(self, ts: TrainingSet) -> None:
@@ -219,14 +219,12 @@ class Ours(AttributionMethod):
         _, nbr = self._index.search(f, k + 1, y)
         nbr = np.where(nbr < 0, np.arange(len(y))[:, None], nbr)
         record = conflict[nbr].mean(axis=1)
-        # Null for blame: every contributor-class group's excess, standardised robustly over all groups (honest
-        # groups are the vast majority), so a group's z says how unusual its records are for honest data.
-        excess = _group_excess(record, y, ts.contributors, self.shrink)
-        groups = np.unique(np.stack([y, ts.contributors], axis=1), axis=0, return_inverse=True)[1].ravel()
-        self._group_z = _robust_standardize(np.bincount(groups, excess) / np.bincount(groups))[groups]
+        # Blame needs a group far outside the null: one-sided p < familywise / groups (z ≈ 4.4 for 110 groups).
+        group_z, groups = _group_z(record, y, ts.contributors)
+        threshold = NormalDist().inv_cdf(1.0 - self.familywise / groups)
         # The group's evidence saturates: every clearly anomalous group (each colluder) gets the same lift, and
         # within them records are told apart by their own score, nearer the query first among equals.
-        self._group_confidence = 1.0 / (1.0 + np.exp(-(self._group_z - self.abstain_z)))
+        self._group_confidence = 1.0 / (1.0 + np.exp(-2.0 * (group_z - threshold)))
         self._suspicion = record + self._group_confidence
 
     def suspicion(self) -> np.ndarray:
