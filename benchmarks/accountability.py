@@ -3,8 +3,10 @@
     python benchmarks/accountability.py --out out/accountability            # digits + Fashion-MNIST (20k subset)
     python benchmarks/accountability.py --quick --out out/accountability-quick
 
-Writes runs.jsonl (one line per dataset/seed/scenario/method, appended as it goes), results.json, results.md and
-PNG plots into --out; the last output line is {"methods": {NAME: {SCENARIO: {"p10", "contributor_top1_at_10",
+Writes runs.jsonl (one line per dataset/seed/scenario/method, appended as it goes; tables are built from the whole
+file, a later line replacing an earlier one for the same cell, so a run can be resumed or one method re-measured),
+results.json, results.md and PNG plots into --out; trained models are cached under --out/models, so re-measuring a
+method does not retrain; the last output line is {"methods": {NAME: {SCENARIO: {"p10", "contributor_top1_at_10",
 "auroc"}}}} (means over seeds, Fashion-MNIST when present).
 """
 
@@ -25,12 +27,14 @@ from typing import Any  # noqa: E402
 import faiss  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from torch import nn  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from caltrain.accountability.attacks import make_scenario  # noqa: E402
 from caltrain.accountability.attribution import TrainingSet, available_methods, get_method  # noqa: E402
 from caltrain.accountability.evaluation import collect_queries, score_method, train_model  # noqa: E402
-from caltrain.data.datasets import DatasetUnavailable, load_dataset  # noqa: E402
+from caltrain.data.datasets import ArrayDataset, DatasetUnavailable, load_dataset  # noqa: E402
+from caltrain.models.zoo import build_model, spec_for_dataset  # noqa: E402
 
 SCENARIOS = ["badnets", "blended", "sig", "label-flip", "split-colluders", "badnets@0.5%", "blended@0.5%"]
 METHODS = ["ours", "caltrain-knn", "pixel-knn", "tracin-cp-fast", "art-activation", "art-spectral", "cleanlab"]
@@ -43,10 +47,28 @@ def parse_scenario(name: str) -> tuple[str, float]:
     return attack, float(rate.rstrip("%")) / 100 if rate else 0.01
 
 
-def run(args: argparse.Namespace) -> list[dict[str, Any]]:
+def cached_model(
+    cache: Path, merged: ArrayDataset, dataset: str, epochs: int, seed: int, scenario: str
+) -> tuple[nn.Sequential, list[dict[str, object]], float]:
+    """Train once per (dataset, scenario, seed, epochs, size); the training time measured then is kept with it."""
+    path = cache / f"{dataset}-{scenario.replace('%', 'pct')}-s{seed}-e{epochs}-n{len(merged)}.pt"
+    if path.exists():
+        saved = torch.load(path)
+        model = build_model(spec_for_dataset(dataset).name)
+        model.load_state_dict(saved["model"])
+        return model.eval(), saved["checkpoints"], saved["train_s"]
+    t0 = time.perf_counter()
+    model, checkpoints = train_model(merged, dataset=dataset, epochs=epochs, seed=seed)
+    train_s = time.perf_counter() - t0
+    cache.mkdir(parents=True, exist_ok=True)
+    torch.save({"model": model.state_dict(), "checkpoints": checkpoints, "train_s": train_s}, path)
+    return model, checkpoints, train_s
+
+
+def run(args: argparse.Namespace) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    runs: list[dict[str, Any]] = []
+    done = {_key(r) for r in load_runs(out / "runs.jsonl")} if args.resume else set()
     log = (out / "runs.jsonl").open("a")
     for dataset in args.datasets:
         try:
@@ -56,20 +78,21 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
             continue
         if args.subset and len(train) > args.subset:
             train = train.subset(np.random.default_rng(0).permutation(len(train))[: args.subset])
-        epochs = args.epochs if args.epochs else (30 if dataset == "digits" else 3)
-        jobs = [(seed, sc) for seed in range(args.seeds) for sc in args.scenarios]
+        epochs = args.epochs if args.epochs else (30 if dataset == "digits" else 2)
+        jobs = [(seed, sc) for seed in range(args.seeds) for sc in args.scenarios
+                if any((dataset, seed, sc, m) not in done for m in args.methods)]
         for seed, scenario_name in tqdm(jobs, desc=dataset, file=sys.stderr):
             attack, rate = parse_scenario(scenario_name)
             scenario = make_scenario(attack, train, rate=rate, seed=seed)
             merged = scenario.merged()
-            t0 = time.perf_counter()
-            model, checkpoints = train_model(merged, dataset=dataset, epochs=epochs, seed=seed)
-            train_s = time.perf_counter() - t0
+            model, checkpoints, train_s = cached_model(out / "models", merged, dataset, epochs, seed, scenario_name)
             t0 = time.perf_counter()
             ts = TrainingSet.build(model, merged.x, merged.y, scenario.contributors, checkpoints=checkpoints)
             fingerprint_ms_per_1k = 1000 * (time.perf_counter() - t0) / len(merged) * 1000
             queries = collect_queries(ts, scenario, test, limit=args.queries, seed=seed)
             for method_name in args.methods:
+                if (dataset, seed, scenario_name, method_name) in done:
+                    continue
                 method = get_method(method_name)
                 t0 = time.perf_counter()
                 method.fit(ts)
@@ -81,10 +104,18 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
                     "clean_accuracy": queries.clean_accuracy, "attack_success": queries.attack_success,
                     **score_method(method, ts, scenario, queries, seed=seed),
                 }
-                runs.append(row)
                 log.write(json.dumps(row) + "\n")
                 log.flush()
-    return runs
+
+
+def _key(row: dict[str, Any]) -> tuple[Any, ...]:
+    return row["dataset"], row["seed"], row["scenario"], row["method"]
+
+
+def load_runs(path: Path) -> list[dict[str, Any]]:
+    """Every measured cell of runs.jsonl, the latest line winning for a repeated (dataset, seed, scenario, method)."""
+    latest = {_key(row): row for row in map(json.loads, path.read_text().splitlines() if path.exists() else [])}
+    return list(latest.values())
 
 
 def aggregate(runs: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, dict[str, Any]]]]:
@@ -110,15 +141,15 @@ def aggregate(runs: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, dict[
 def markdown(table: dict[str, Any]) -> str:
     lines = []
     for dataset, methods in table.items():
-        lines += [f"### {dataset}", "", "| method | scenario | " + " | ".join(COLUMNS) + " |",
-                  "|---|---|" + "---|" * len(COLUMNS)]
+        lines += [f"### {dataset}", "", "| method | scenario | seeds | " + " | ".join(COLUMNS) + " |",
+                  "|---|---|---|" + "---|" * len(COLUMNS)]
         for method in METHODS:
             for scenario in SCENARIOS:
                 cell = methods.get(method, {}).get(scenario)
                 if cell is None:
                     continue
                 vals = ["n/a" if cell.get(c) is None else f"{cell[c]:.2f}" for c in COLUMNS]
-                lines.append(f"| {method} | {scenario} | " + " | ".join(vals) + " |")
+                lines.append(f"| {method} | {scenario} | {cell['seeds']} | " + " | ".join(vals) + " |")
         first = next(iter(methods.values()))
         costs = [f"{s}: train {c['train_s']:.0f} s, fingerprints {c['fingerprint_ms_per_1k']:.1f} ms/1k records, "
                  f"clean acc {c['clean_accuracy']:.3f}, attack success {c['attack_success']:.2f}, "
@@ -156,19 +187,20 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="digits, one seed, cheap methods: a smoke run")
     parser.add_argument("--datasets", nargs="+", default=["digits", "fashion-mnist"])
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--epochs", type=int, default=0, help="0: 30 on digits, 3 on Fashion-MNIST")
+    parser.add_argument("--epochs", type=int, default=0, help="0: 30 on digits, 2 on Fashion-MNIST")
     parser.add_argument("--subset", type=int, default=20000)
     parser.add_argument("--queries", type=int, default=100, help="attack and natural mispredictions traced, at most")
     parser.add_argument("--scenarios", nargs="+", default=SCENARIOS)
     parser.add_argument("--methods", nargs="+", default=METHODS, choices=available_methods())
+    parser.add_argument("--resume", action="store_true", help="skip cells runs.jsonl already holds")
     args = parser.parse_args()
     if args.quick:
         args.datasets, args.seeds, args.epochs = ["digits"], 1, 20
     torch.set_num_threads(1)
     faiss.omp_set_num_threads(1)
-    runs = run(args)
-    table = aggregate(runs)
+    run(args)
     out = Path(args.out)
+    table = aggregate(load_runs(out / "runs.jsonl"))
     (out / "results.json").write_text(json.dumps({"args": vars(args), "table": table}, indent=1))
     (out / "results.md").write_text(markdown(table))
     plot(table, out)

@@ -2,9 +2,10 @@
 
 Every method is fitted once on the enclave's view of the training set (`TrainingSet`) and then answers per-query
 rankings of the records labelled with the predicted class, plus, where it has one, a dataset-level suspicion score
-for every record. `caltrain-knn` is the seed (embedding kNN); `ours` fuses embedding kNN, last-layer gradient
-similarity and a per-class calibrated dataset-level suspicion, and abstains ("no responsible training data found")
-when the records it would blame look like ordinary members of their class.
+for every record. `caltrain-knn` is the seed (embedding kNN); `ours` scores every record by how much it looks like
+another class in input space, pooled over its embedding cluster and over its contributor's records of that class,
+and abstains ("no responsible training data found") when the records it would blame come from no contributor group
+that stands out against all groups.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from statistics import NormalDist
 from typing import ClassVar
 
 import numpy as np
@@ -156,29 +158,6 @@ def _knn_conflict(points: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
     return (labels[neighbours] != labels[:, None]).mean(axis=1)
 
 
-def _robust_z(values: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """Per-class robust z-score: a record is judged against its own class (classes differ in spread)."""
-    z = np.zeros(len(values))
-    for c in np.unique(labels):
-        m = labels == c
-        v = values[m]
-        med = np.median(v)
-        scale = max(1.4826 * float(np.median(np.abs(v - med))), float(v.std()) / 3, 1e-6)
-        z[m] = (v - med) / scale
-    return z
-
-
-def _spectral(fingerprints: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """Squared projection on the top singular direction of each class's centred fingerprints (Tran et al. 2018)."""
-    out = np.zeros(len(labels))
-    for c in np.unique(labels):
-        m = np.flatnonzero(labels == c)
-        centred = fingerprints[m] - fingerprints[m].mean(axis=0)
-        _, _, vt = np.linalg.svd(centred, full_matrices=False)
-        out[m] = (centred @ vt[0]) ** 2
-    return out
-
-
 def pixel_projection(
     x: np.ndarray, dims: int = 64, seed: int = 0
 ) -> tuple[np.ndarray, Callable[[np.ndarray], np.ndarray]]:
@@ -194,78 +173,91 @@ def pixel_projection(
     return project(x), project
 
 
+def _group_z(values: np.ndarray, labels: np.ndarray, contributors: np.ndarray) -> tuple[np.ndarray, int]:
+    """Per record, the z-score of its (class, contributor) group's mean against the null that contributors are
+    unrelated to `values`: a random n of the class's N records has a mean with standard error
+    sd/√n · √((N−n)/(N−1)). Poison is supplied in bulk by few contributors; honest groups follow the null.
+    Also returns the number of groups (for a familywise threshold)."""
+    z = np.zeros(len(values))
+    groups = 0
+    for c in np.unique(labels):
+        in_class = labels == c
+        big_n, mean, sd = int(in_class.sum()), float(values[in_class].mean()), float(values[in_class].std())
+        for who in np.unique(contributors[in_class]):
+            group = in_class & (contributors == who)
+            n = int(group.sum())
+            groups += 1
+            if n < big_n and sd > 0:
+                se = sd / np.sqrt(n) * np.sqrt((big_n - n) / (big_n - 1))
+                z[group] = (float(values[group].mean()) - mean) / se
+    return z, groups
+
+
 @register
 class Ours(AttributionMethod):
-    """Fused, calibrated attribution (see the module docstring and docs/accountability.md)."""
+    """Input-space label conflict pooled over embedding clusters and over contributors; abstains when the records
+    it would blame come from no contributor group that stands out (see docs/accountability.md)."""
 
     name = "ours"
-    neighbours = 10  # k for the leave-one-out label-conflict and the within-class smoothing
-    candidates = 100  # embedding-kNN shortlist per query, re-ranked by the fused score
-    abstain_z = 3.0  # blame only when the records blamed are this many robust SDs more suspicious than their class
+    neighbours = 10  # k of the input-space label conflict
+    cluster = 0.025  # share of its class a record's conflict is averaged over (half a 0.5%-of-data poison set)
+    max_cluster = 20
+    candidates = 5000  # exact embedding shortlist per query (the whole class at benchmark sizes)
+    familywise = 1e-3  # chance that some honest group is blamed, under the null (Bonferroni over groups)
+    evidence = 10  # top answers whose groups decide whether anyone is to blame
 
     def fit(self, ts: TrainingSet) -> None:
         f, y = ts.features.fingerprints, ts.y
-        self._y, self._index = y, FingerprintIndex(f, y)
-        self._f, self._r = f, ts.features.residuals(y)
-        self._h = ts.features.embeddings
+        self._index = FingerprintIndex(f, y)
         pixels, _ = pixel_projection(ts.x)
-        pixel_conflict = _knn_conflict(pixels, y, self.neighbours)
-        embedding_conflict = _knn_conflict(f, y, self.neighbours)
-        raw = {
-            # Dirty-label poison looks like its source class in input space but sits with its label in the
-            # embedding (the trigger moved it there); a hard clean example conflicts in both or neither.
-            "cross_space": pixel_conflict - embedding_conflict,
-            # A flipped label disagrees with what the model learned from everyone else's data.
-            "embedding_conflict": embedding_conflict,
-            # Clean-label poison forms its own direction inside its class.
-            "spectral": _spectral(f, y),
-        }
-        # Average each signal over the record's within-class embedding neighbourhood: poison shares one cause and
-        # clusters, so its signals add up, while a clean hard example's neighbours are mostly unremarkable.
-        _, nbr = self._index.search(f, self.neighbours + 1, y)
+        # Poisoned or flipped records look like another class in input space (the model cannot bend pixels).
+        conflict = _knn_conflict(pixels, y, self.neighbours)
+        # Poison shares one cause, so the model puts it in a tight cluster of its label: averaging over the
+        # record's within-class embedding neighbours adds poison up and dilutes an isolated hard clean example.
+        sizes = np.bincount(y)
+        k = int(np.clip(round(self.cluster * np.median(sizes[sizes > 0])), 3, self.max_cluster))
+        _, nbr = self._index.search(f, k + 1, y)
         nbr = np.where(nbr < 0, np.arange(len(y))[:, None], nbr)
-        self.components = {name: _robust_z(v[nbr].mean(axis=1), y) for name, v in raw.items()}
-        self._z = np.max(np.stack(list(self.components.values())), axis=0)
+        record = conflict[nbr].mean(axis=1)
+        # Blame needs a group far outside the null: one-sided p < familywise / groups (z ≈ 4.4 for 110 groups).
+        group_z, groups = _group_z(record, y, ts.contributors)
+        threshold = NormalDist().inv_cdf(1.0 - self.familywise / groups)
+        # The group's evidence saturates: every clearly anomalous group (each colluder) gets the same lift, and
+        # within them records are told apart by their own score, nearer the query first among equals.
+        self._group_confidence = 1.0 / (1.0 + np.exp(-2.0 * (group_z - threshold)))
+        self._suspicion = record + self._group_confidence
 
     def suspicion(self) -> np.ndarray:
-        return self._z
+        return self._suspicion
 
     def trace(self, queries: QueryBatch, k: int = 10) -> list[Attribution]:
-        """Rank each query's shortlist by embedding similarity, last-layer gradient similarity, how many other
-        queries in the batch with the same prediction also shortlist the record, and its calibrated suspicion."""
-        q_f = queries.features.fingerprints
-        q_r = queries.features.residuals(queries.predicted)
-        q_h = queries.features.embeddings
-        _, shortlist = self._index.search(q_f, self.candidates, queries.predicted)
-        hits = np.zeros(len(self._y))
-        np.add.at(hits, shortlist[shortlist >= 0], 1.0)
+        """Shortlist the records with the predicted label nearest the query and rank them by suspicion, nearer
+        first among equals (weighting similarity in lowered P@10 in every scenario measured); blame only when those
+        records come from contributor groups far outside the null."""
+        _, shortlist = self._index.search(queries.features.fingerprints, self.candidates, queries.predicted)
         out = []
-        for i, cand in enumerate(shortlist):
+        for cand in shortlist:
             cand = cand[cand >= 0]
-            emb = self._f[cand] @ q_f[i]
-            grad = (self._r[cand] @ q_r[i]) * (self._h[cand] @ q_h[i])  # TracIn on the classifier layer
-            score = (2 * _standardize(emb) + _standardize(grad) + _standardize(hits[cand])
-                     + np.clip(self._z[cand], -5.0, 20.0) / 4.0)
-            att = rank_by_scores(score, cand, k)
-            blame_z = float(np.median(self._z[att.positions[: self.neighbours]]))
-            confidence = float(1.0 / (1.0 + np.exp(-(blame_z - self.abstain_z))))
-            out.append(Attribution(att.positions, att.scores, confidence, blame_z >= self.abstain_z))
+            att = rank_by_scores(self._suspicion[cand], cand, k)
+            top = att.positions[: self.evidence]
+            confidence = float(np.median(self._group_confidence[top]))
+            out.append(Attribution(att.positions, att.scores, confidence, confidence >= 0.5))
         return out
 
 
-def _standardize(v: np.ndarray) -> np.ndarray:
-    return (v - v.mean()) / (v.std() + 1e-9) if len(v) > 1 else np.zeros_like(v, dtype=np.float64)
-
-
 def rank_contributors(
-    attributions: Sequence[Attribution], contributors: np.ndarray, *, k: int = 10
+    attributions: Sequence[Attribution], contributors: np.ndarray, *, k: int = 10, labels: np.ndarray | None = None
 ) -> list[tuple[int, float]]:
-    """Contributors by blame summed over queries: each responsible answer spreads its confidence over its top k."""
+    """Contributors by blame summed over responsible answers: each answer gives a contributor its confidence times
+    the share of the top k it supplied; with `labels`, divided by the contributor's share of that class (a big
+    honest contributor shows up in answers by chance, which alone is no blame), so 1.0 means "as often as chance"."""
     totals: dict[int, float] = {}
     for att in attributions:
-        if not att.responsible:
+        if not att.responsible or not len(att.positions):
             continue
-        top = att.positions[:k]
-        for c in contributors[top]:
-            totals[int(c)] = totals.get(int(c), 0.0) + att.confidence / len(top)
+        top = contributors[att.positions[:k]]
+        in_class = contributors if labels is None else contributors[labels == labels[att.positions[0]]]
+        for c in np.unique(top):
+            share = 1.0 if labels is None else float(np.mean(in_class == c))
+            totals[int(c)] = totals.get(int(c), 0.0) + att.confidence * float(np.mean(top == c)) / share
     return sorted(totals.items(), key=lambda item: (-item[1], item[0]))

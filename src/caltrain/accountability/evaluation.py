@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
 from torch import nn
 
 from caltrain.accountability.attacks import Scenario
@@ -20,26 +19,25 @@ from caltrain.accountability.attribution import (
     rank_contributors,
 )
 from caltrain.data.datasets import ArrayDataset
-from caltrain.models.zoo import build_model, spec_for_dataset
+from caltrain.models.zoo import spec_for_dataset
+from caltrain.training.config import TrainConfig
+from caltrain.training.plain import train_plain
 
 
 def train_model(
     train: ArrayDataset, *, dataset: str, epochs: int, seed: int, batch_size: int = 128, lr: float = 1e-3
 ) -> tuple[nn.Sequential, list[dict[str, object]]]:
-    """Plain (unpartitioned) Adam training of `dataset`'s zoo model; returns it and one checkpoint per epoch."""
-    model = build_model(spec_for_dataset(dataset).name, seed=seed)
-    assert isinstance(model, nn.Sequential)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    gen = torch.Generator().manual_seed(seed)
-    x, y = torch.from_numpy(train.x), torch.from_numpy(train.y)
+    """Plain (unpartitioned) Adam training of `dataset`'s zoo model, no augmentation (fingerprints use none);
+    returns the model in eval mode and one checkpoint per epoch (TracIn replays them)."""
+    config = TrainConfig(model=spec_for_dataset(dataset).name, epochs=epochs, batch_size=batch_size,
+                         optimizer="adam", lr=lr, seed=seed, augment=False)
     checkpoints: list[dict[str, object]] = []
-    model.train()
-    for _ in range(epochs):
-        for idx in torch.randperm(len(y), generator=gen).split(batch_size):
-            opt.zero_grad()
-            nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
-            opt.step()
+
+    def keep(_: int, model: nn.Module) -> None:
         checkpoints.append({k: v.clone() for k, v in model.state_dict().items()})
+
+    model, _ = train_plain(config, train, on_epoch_end=keep)
+    assert isinstance(model, nn.Sequential)
     model.eval()
     return model, checkpoints
 
@@ -107,7 +105,7 @@ def score_method(
         correct, prec, rec = [], [], []
         for _ in range(draws if len(answers) > n else 1):
             chosen = rng.permutation(len(answers))[:n]
-            ranking = rank_contributors([answers[i] for i in chosen], ts.contributors)
+            ranking = rank_contributors([answers[i] for i in chosen], ts.contributors, labels=ts.y)
             top = {c for c, _ in ranking[: len(malicious)]}
             correct.append(float(top == malicious))
             named = {c for c, s in ranking if s >= 0.25 * ranking[0][1]} if ranking else set()
@@ -146,7 +144,7 @@ def accountability_report(
     m = get_method(method)
     m.fit(ts)
     answers = m.trace(QueryBatch.build(ts, mispredicted), k=10)
-    ranking = rank_contributors(answers, contributors)
+    ranking = rank_contributors(answers, contributors, labels=y)
     susp = m.suspicion()
     return {
         "method": method,

@@ -60,14 +60,14 @@ class Tracer:
     def __init__(self, log: LinkageLog, method: AttributionMethod, labels: np.ndarray) -> None:
         if len(labels) != len(log) or not np.array_equal(labels, log.labels):
             raise LinkageTampered("the method's training labels disagree with the signed linkage log")
-        self.log, self.method = log, method
+        self.log, self.method, self._labels = log, method, np.asarray(labels)
         self._names = sorted(set(log.contributors))
         self._contributor_ids = np.array([self._names.index(c) for c in log.contributors], dtype=np.int64)
 
     def trace(self, queries: QueryBatch, *, k: int = 10) -> TraceReport:
         attributions = self.method.trace(queries, k=k)
         answers = tuple(self._answer(int(p), a) for p, a in zip(queries.predicted, attributions, strict=True))
-        blame = rank_contributors(attributions, self._contributor_ids, k=k)
+        blame = rank_contributors(attributions, self._contributor_ids, k=k, labels=self._labels)
         return TraceReport(self.method.name, answers, tuple((self._names[c], s) for c, s in blame))
 
     def _answer(self, predicted: int, att: Attribution) -> QueryAnswer:

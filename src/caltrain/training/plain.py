@@ -15,6 +15,7 @@ from caltrain.training.config import TrainConfig
 from caltrain.training.core import build_split, loss_fn, make_optimizer, steps_per_epoch, training_batch
 
 Progress = Callable[[dict[str, Any]], None]
+EpochEnd = Callable[[int, nn.Module], None]
 
 
 @dataclass
@@ -62,9 +63,13 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
 
 
 def train_plain(
-    config: TrainConfig, train: ArrayDataset, test: ArrayDataset | None = None, *, progress: Progress | None = None
+    config: TrainConfig, train: ArrayDataset, test: ArrayDataset | None = None, *, progress: Progress | None = None,
+    on_epoch_end: EpochEnd | None = None,
 ) -> tuple[nn.Module, TrainingReport]:
-    """Train the whole model in this process exactly as the partitioned trainer does across the boundary."""
+    """Train the whole model in this process exactly as the partitioned trainer does across the boundary.
+
+    `on_epoch_end(epoch, model)` runs after each epoch (1-based), e.g. to keep the checkpoints TracIn replays.
+    """
     from caltrain.training.core import state_digest
 
     model, part = build_split(config)
@@ -90,6 +95,8 @@ def train_plain(
         report.epochs.append(stats)
         if progress:
             progress({"trainer": "plain", **stats.to_dict()})
+        if on_epoch_end:
+            on_epoch_end(epoch + 1, model)
     report.front_digest = state_digest(part.front)
     report.model_digest = state_digest(model)
     return model, report
