@@ -239,3 +239,17 @@ def test_unknown_call_is_a_typed_failure(enclave: EnclaveHost) -> None:
 
     with pytest.raises(EnclaveError, match="no call Ok"):
         enclave.call(NotACall(), DatasetList)
+
+
+def test_overlapped_call_keeps_the_channel_in_step(enclave: EnclaveHost) -> None:
+    """A reply left unread when the block ends is consumed, so the next call gets its own reply."""
+    with enclave.calling(ListDatasets(), DatasetList) as reply:
+        before = reply().datasets
+    with enclave.calling(ListDatasets(), DatasetList):
+        pass
+    assert enclave.call(ListDatasets(), DatasetList).datasets == before
+    from caltrain.enclave.wire import Ok as NotACall
+
+    with pytest.raises(EnclaveError), enclave.calling(NotACall(), DatasetList) as reply:
+        reply()
+    assert enclave.call(ListDatasets(), DatasetList).datasets == before

@@ -8,7 +8,8 @@ import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import TypeVar
 
@@ -118,19 +119,42 @@ class EnclaveHost:
 
     def call(self, msg: Message, expect: type[R]) -> R:
         """Send one call and return its reply; an enclave-side failure re-raises its typed error."""
+        with self.calling(msg, expect) as reply:
+            return reply()
+
+    @contextmanager
+    def calling(self, msg: Message, expect: type[R]) -> Iterator[Callable[[], R]]:
+        """Send a call now and collect its reply later, inside the block: the host works while the enclave
+        does. The channel stays reserved for this call until the block ends (the reply is read by then)."""
         with self._lock:
             if self._channel is None:
                 raise EnclaveError("enclave not started")
+            channel = self._channel
             try:
-                self._channel.send(msg)
-                reply = self._channel.recv()
+                channel.send(msg)
             except ChannelClosed as exc:
                 raise EnclaveError(f"enclave process is gone: {exc}") from None
-        if isinstance(reply, Failure):
-            raise_failure(reply)
-        if not isinstance(reply, expect):
-            raise WireError(f"expected {expect.__name__} from the enclave, got {reply.type_name}")
-        return reply
+            received: list[Message] = []
+
+            def reply() -> R:
+                if not received:
+                    try:
+                        received.append(channel.recv())
+                    except ChannelClosed as exc:
+                        raise EnclaveError(f"enclave process is gone: {exc}") from None
+                answer = received[0]
+                if isinstance(answer, Failure):
+                    raise_failure(answer)
+                if not isinstance(answer, expect):
+                    raise WireError(f"expected {expect.__name__} from the enclave, got {answer.type_name}")
+                return answer
+
+            try:
+                yield reply
+            finally:
+                if not received:  # the block left early: keep the channel in step for the next call
+                    with suppress(CaltrainError):
+                        reply()
 
     def stop(self) -> None:
         """Ask the enclave to shut down; kill it if it does not within 10 s."""

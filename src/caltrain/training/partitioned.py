@@ -129,14 +129,20 @@ class PartitionedTrainer:
         loss = loss_fn(logits, labels)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        self.optimizer.step()
         assert ir.grad is not None
         grad_layout = self.grad.put(ir.grad)
-        done = self._call(FrontBackward(step=step, forward_next=forward_next, grad_layout=grad_layout), BackwardOut)
+        # Read everything that lives in shared memory now: the enclave's next forward overwrites IR and labels.
+        stats = loss.item(), int((logits.argmax(1) == labels).sum()), n
+        msg = FrontBackward(step=step, forward_next=forward_next, grad_layout=grad_layout)
+        started = time.perf_counter()
+        with self.enclave.calling(msg, BackwardOut) as reply:
+            self.optimizer.step()  # the BackNet update overlaps the FrontNet's (and the next forward)
+            done = reply()
+        self.boundary_seconds += time.perf_counter() - started
         if done.checkpointed:
             self._save_back(step + 1)
         self._ready = (done.next_batch, done.next_layout) if done.next_batch else None
-        return loss.item(), int((logits.argmax(1) == labels).sum()), n
+        return stats
 
     def evaluate(self, records: int) -> float | None:
         if not records:
