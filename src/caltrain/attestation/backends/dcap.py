@@ -173,39 +173,35 @@ def check_tdx_policy(body: TdReportBody, section: TdxPolicy) -> None:
             raise SvnTooLow(f"TEE_TCB_SVN {body.tee_tcb_svn.hex()} is below {minimum.hex()} in some component")
 
 
-class SgxDcapVerifier:
-    platform = "sgx-dcap"
+class DcapVerifier:
+    """SGX and TDX share the DCAP quote format, its chain and its collateral; only the report body and the
+    policy section differ."""
+
     simulated = False
+
+    def __init__(self, platform: str) -> None:
+        self.platform = platform
+        self._tdx = platform == "tdx"
 
     def verify_quote(
         self, evidence: Evidence, policy: Policy, *, now: datetime, trace: Trace | None = None
     ) -> QuoteClaims:
         trace = trace or Trace()
-        result = verify_dcap(evidence.quote, evidence.supporting, tdx=False, now=now, trace=trace)
+        result = verify_dcap(evidence.quote, evidence.supporting, tdx=self._tdx, now=now, trace=trace)
+        body = result.quote.body
         with trace.step("platform policy"):
-            section = policy.sgx_section()
-            check_tcb_policy(result.tcb_statuses, section, self.platform)
-            assert isinstance(result.quote.body, SgxReportBody)
-            check_sgx_policy(result.quote.body, section)
+            if isinstance(body, TdReportBody) and self._tdx:
+                tdx = policy.tdx_section()
+                check_tcb_policy(result.tcb_statuses, tdx, self.platform)
+                check_tdx_policy(body, tdx)
+            elif isinstance(body, SgxReportBody) and not self._tdx:
+                sgx = policy.sgx_section()
+                check_tcb_policy(result.tcb_statuses, sgx, self.platform)
+                check_sgx_policy(body, sgx)
+            else:
+                raise AssertionError("verify_dcap returned a report body of the other platform")
         return result.claims()
 
 
-class TdxVerifier:
-    platform = "tdx"
-    simulated = False
-
-    def verify_quote(
-        self, evidence: Evidence, policy: Policy, *, now: datetime, trace: Trace | None = None
-    ) -> QuoteClaims:
-        trace = trace or Trace()
-        result = verify_dcap(evidence.quote, evidence.supporting, tdx=True, now=now, trace=trace)
-        with trace.step("platform policy"):
-            section = policy.tdx_section()
-            check_tcb_policy(result.tcb_statuses, section, self.platform)
-            assert isinstance(result.quote.body, TdReportBody)
-            check_tdx_policy(result.quote.body, section)
-        return result.claims()
-
-
-register_backend(SgxDcapVerifier(), GramineCollector)
-register_backend(TdxVerifier(), lambda **options: ConfigfsTsmCollector("tdx", **options))
+register_backend(DcapVerifier("sgx-dcap"), GramineCollector)
+register_backend(DcapVerifier("tdx"), lambda **options: ConfigfsTsmCollector("tdx", **options))
