@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 
 import numpy as np
@@ -92,3 +93,21 @@ def submission(
 
 def record_payloads(dataset: ArrayDataset) -> list[bytes]:
     return [np.ascontiguousarray(x).tobytes() for x in dataset.x]
+
+
+def flip_bit(blob: bytes, bit: int) -> bytes:
+    out = bytearray(blob)
+    out[bit // 8] ^= 1 << (bit % 8)
+    return bytes(out)
+
+
+def container_chunks(blob: bytes) -> tuple[bytes, list[bytes]]:
+    """(prefix: magic + header + signature, [length-prefixed chunks]) of a well-formed container."""
+    (header_length,) = struct.unpack_from(">I", blob, 4)
+    offset = 8 + header_length + 64
+    prefix, chunks = blob[:offset], []
+    while offset < len(blob):
+        (length,) = struct.unpack_from(">I", blob, offset)
+        chunks.append(blob[offset : offset + 4 + length])
+        offset += 4 + length
+    return prefix, chunks

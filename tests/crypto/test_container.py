@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tests.helpers import container_chunks
 
 from caltrain.crypto import aead, container
 from caltrain.crypto.container import (
@@ -54,9 +55,7 @@ def key() -> bytes:
 
 
 def records(seed: int, n: int = RECORDS) -> list[tuple[bytes, int]]:
-    return [
-        (bytes((seed * 31 + i * 7 + j) % 256 for j in range(PAYLOAD)), (seed + i) % 10 - 3) for i in range(n)
-    ]
+    return [(bytes((seed * 31 + i * 7 + j) % 256 for j in range(PAYLOAD)), (seed + i) % 10 - 3) for i in range(n)]
 
 
 def pack(seed: int = 0, dataset_id: str = "ds-1", **kw: Any) -> bytes:
@@ -87,21 +86,9 @@ def open_(blob: bytes, **kw: Any) -> container.OpenedContainer:
     return open_container(blob, key(), participant_key=alice().public_key, **kw)
 
 
-def chunks_of(blob: bytes) -> tuple[bytes, list[bytes]]:
-    """(prefix up to the first chunk, framed chunks) of a well-formed container."""
-    (header_length,) = struct.unpack_from(">I", blob, 4)
-    offset = 8 + header_length + 64
-    prefix, chunks = blob[:offset], []
-    while offset < len(blob):
-        (length,) = struct.unpack_from(">I", blob, offset)
-        chunks.append(blob[offset : offset + 4 + length])
-        offset += 4 + length
-    return prefix, chunks
-
-
 def rebuild(header: ContainerHeader, signer: Identity | None, old: bytes) -> bytes:
     """A container with `header` (signed by `signer`, or keeping the old signature) and `old`'s chunks."""
-    prefix, chunks = chunks_of(old)
+    prefix, chunks = container_chunks(old)
     raw = header.to_bytes()
     signature = prefix[-64:] if signer is None else signer.sign(container._header_digest(raw))
     return struct.pack(">4sI", b"CTD\x01", len(raw)) + raw + signature + b"".join(chunks)
@@ -166,9 +153,7 @@ def test_round_trip_any_records_and_chunking(recs: list[tuple[bytes, int]], chun
 @given(st.lists(st.tuples(st.binary(min_size=5, max_size=5), st.integers(-(2**63), 2**63 - 1)), max_size=20))
 def test_batched_commitments_equal_record_commitment(recs: list[tuple[bytes, int]]) -> None:
     laid_out = b"".join(struct.pack(">q", lab) + p for p, lab in recs)
-    assert record_commitments(laid_out, 5) == [
-        record_commitment(*r) for r in recs
-    ]
+    assert record_commitments(laid_out, 5) == [record_commitment(*r) for r in recs]
 
 
 def test_pack_rejects_bad_records() -> None:
@@ -239,7 +224,7 @@ def test_appended_bytes_are_rejected(extra: bytes) -> None:
 
 @given(st.permutations(range(4)))
 def test_chunk_reorder_is_rejected(order: list[int]) -> None:
-    prefix, chunks = chunks_of(blob_a())
+    prefix, chunks = container_chunks(blob_a())
     blob = prefix + b"".join(chunks[i] for i in order)
     if order == [0, 1, 2, 3]:
         assert len(open_(blob)) == RECORDS
@@ -249,15 +234,15 @@ def test_chunk_reorder_is_rejected(order: list[int]) -> None:
 
 
 def test_equal_size_chunk_swap_fails_authentication() -> None:
-    prefix, chunks = chunks_of(blob_a())
+    prefix, chunks = container_chunks(blob_a())
     with pytest.raises(IntegrityError, match="chunk 0"):
         open_(prefix + chunks[1] + chunks[0] + chunks[2] + chunks[3])
 
 
 @given(st.sets(st.integers(0, 3), min_size=1))
 def test_splicing_chunks_from_another_container_is_rejected(spliced: set[int]) -> None:
-    prefix, chunks_a = chunks_of(blob_a())
-    _, chunks_b = chunks_of(blob_b())
+    prefix, chunks_a = container_chunks(blob_a())
+    _, chunks_b = container_chunks(blob_b())
     blob = prefix + b"".join(chunks_b[i] if i in spliced else chunks_a[i] for i in range(4))
     with pytest.raises(IntegrityError, match=f"chunk {min(spliced)}"):
         open_(blob)
@@ -267,7 +252,7 @@ def test_dropping_trailing_chunks_with_a_matching_header_is_rejected() -> None:
     """Even the participant re-signing a shorter header cannot reuse the chunks: the AAD binds the header."""
     header, _ = read_header(blob_a())
     shorter = replace(header, record_count=8, chunk_count=2)
-    prefix, chunks = chunks_of(rebuild(shorter, alice(), blob_a()))
+    prefix, chunks = container_chunks(rebuild(shorter, alice(), blob_a()))
     with pytest.raises(IntegrityError, match="chunk 0"):
         open_(prefix + chunks[0] + chunks[1])
 
@@ -316,7 +301,7 @@ def test_header_naming_another_key_is_a_mismatch() -> None:
 
 
 def test_chunk_length_fields_are_checked() -> None:
-    prefix, chunks = chunks_of(blob_a())
+    prefix, chunks = container_chunks(blob_a())
     moved = chunks[0][:4] + chunks[0][4:] + chunks[1]  # same total, boundaries shifted
     first = struct.pack(">I", len(chunks[0]) - 4 + 1) + chunks[0][4:] + chunks[1][4:5]
     second = struct.pack(">I", len(chunks[1]) - 4 - 1) + chunks[1][5:]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import itertools
-import struct
 from pathlib import Path
 
 import pytest
@@ -17,7 +16,16 @@ from caltrain.enclave.host import EnclaveHost
 from caltrain.enclave.manifest import EnclaveConfig
 from caltrain.enclave.wire import DatasetInfo, DatasetList, IngestDataset, ListDatasets
 from caltrain.errors import AuthError, CaltrainError, EnclaveError
-from tests.helpers import Packed, People, digits_shares, pack, record_payloads, submission
+from tests.helpers import (
+    Packed,
+    People,
+    container_chunks,
+    digits_shares,
+    flip_bit,
+    pack,
+    record_payloads,
+    submission,
+)
 
 _ids = itertools.count()
 
@@ -52,24 +60,6 @@ def test_replayed_upload_ingests_nothing_twice(enclave: EnclaveHost, people: Peo
     assert dataset_ids(enclave) == before
 
 
-def _flip(blob: bytes, bit: int) -> bytes:
-    out = bytearray(blob)
-    out[bit // 8] ^= 1 << (bit % 8)
-    return bytes(out)
-
-
-def _chunks(blob: bytes) -> tuple[bytes, list[bytes]]:
-    """Split a container into (prefix: magic+header+signature, [length-prefixed chunks])."""
-    (header_len,) = struct.unpack_from(">I", blob, 4)
-    pos = 8 + header_len + 64
-    prefix, chunks = blob[:pos], []
-    while pos < len(blob):
-        (n,) = struct.unpack_from(">I", blob, pos)
-        chunks.append(blob[pos : pos + 4 + n])
-        pos += 4 + n
-    return prefix, chunks
-
-
 @functools.cache
 def _fixed_packed(people: People) -> Packed:
     """One container for every example (hypothesis needs the same sizes each run); it is never ingested."""
@@ -84,11 +74,11 @@ def test_mutated_containers_rejected_and_nothing_ingested(
     """Bit flips, truncations, appended bytes, chunk reorders and drops: each rejected, store unchanged."""
     packed = _fixed_packed(people)
     blob = packed.container
-    prefix, chunks = _chunks(blob)
+    prefix, chunks = container_chunks(blob)
     assert len(chunks) >= 2
     kind = data.draw(st.sampled_from(["flip", "truncate", "append", "reorder", "drop"]))
     if kind == "flip":
-        mutated = _flip(blob, data.draw(st.integers(0, len(blob) * 8 - 1)))
+        mutated = flip_bit(blob, data.draw(st.integers(0, len(blob) * 8 - 1)))
     elif kind == "truncate":
         mutated = blob[: data.draw(st.integers(0, len(blob) - 1))]
     elif kind == "append":
@@ -112,8 +102,8 @@ def test_splice_between_containers_rejected(enclave: EnclaveHost, people: People
     a = new_packed(people, parts=8)
     b = pack(digits_shares(8)[5], people.alice, "alice", f"alice-{next(_ids)}")
     b = Packed(b.container, a.data_key, b.dataset_id, b.participant, b.dataset)
-    prefix, chunks = _chunks(a.container)
-    _, other = _chunks(b.container)
+    prefix, chunks = container_chunks(a.container)
+    _, other = container_chunks(b.container)
     spliced = prefix + chunks[0] + other[1] + b"".join(chunks[2:])
     before = dataset_ids(enclave)
     with pytest.raises(CaltrainError):
@@ -175,7 +165,7 @@ def test_earlier_datasets_survive_bad_input_and_restart(people: People, tmp_path
         host.call(submission(good, people.alice, host.keys), DatasetInfo)
         bad = new_packed(people)
         with pytest.raises(CaltrainError):
-            host.call(submission(bad, people.alice, host.keys, container=_flip(bad.container, 9000)), DatasetInfo)
+            host.call(submission(bad, people.alice, host.keys, container=flip_bit(bad.container, 9000)), DatasetInfo)
     with EnclaveHost(state_dir=tmp_path, config=config) as host:
         assert dataset_ids(host) == [good.dataset_id]
 
@@ -185,7 +175,7 @@ def test_tampered_sealed_index_detected_at_boot(people: People, tmp_path: Path) 
     with EnclaveHost(state_dir=tmp_path, config=config) as host:
         host.call(submission(new_packed(people), people.alice, host.keys), DatasetInfo)
     index = tmp_path / "enclave" / "datasets.sealed"
-    index.write_bytes(_flip(index.read_bytes(), 200))
+    index.write_bytes(flip_bit(index.read_bytes(), 200))
     with EnclaveHost(state_dir=tmp_path, config=config) as host, pytest.raises(SealedStateError):
         dataset_ids(host)
 
@@ -195,7 +185,7 @@ def test_container_modified_at_rest_detected(people: People, tmp_path: Path) -> 
     with EnclaveHost(state_dir=tmp_path, config=config) as host:
         host.call(submission(new_packed(people), people.alice, host.keys), DatasetInfo)
     (stored,) = (tmp_path / "enclave").glob("*.ctd")
-    stored.write_bytes(_flip(stored.read_bytes(), 12345))
+    stored.write_bytes(flip_bit(stored.read_bytes(), 12345))
     with EnclaveHost(state_dir=tmp_path, config=config) as host, pytest.raises(SealedStateError, match="modified"):
         dataset_ids(host)
 

@@ -21,6 +21,13 @@ def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
     return code, capsys.readouterr().out
 
 
+def submit(home: Path, url: str, policy: Path, container: Path) -> int:
+    """`caltrain submit`, leaving stderr to the caller (typed errors are read from it)."""
+    return main(
+        ["submit", "--home", str(home), "--server", url, "--policy", str(policy), "--container", str(container)]
+    )
+
+
 def status(url: str) -> dict[str, Any]:
     result: dict[str, Any] = httpx.get(f"{url}/v1/status").json()
     return result
@@ -77,19 +84,7 @@ def test_two_participants_round_trip(tmp_path: Path, capsys: pytest.CaptureFixtu
 
     # Bad input: a replay, a tampered container, an outsider. Each fails typed; nothing changes; still serving.
     before = status(server.url)
-    code = main(
-        [
-            "submit",
-            "--home",
-            str(tmp_path / "alice"),
-            "--server",
-            server.url,
-            "--policy",
-            str(policy),
-            "--container",
-            str(containers["alice"]),
-        ]
-    )
+    code = submit(tmp_path / "alice", server.url, policy, containers["alice"])
     assert code == 2 and "DuplicateDataset" in capsys.readouterr().err
     # A corrupted container under a fresh dataset id gets past the duplicate check and fails on its chunk.
     run(
@@ -107,36 +102,12 @@ def test_two_participants_round_trip(tmp_path: Path, capsys: pytest.CaptureFixtu
     blob = bytearray((tmp_path / "bob2.ctd").read_bytes())
     blob[-5] ^= 0xFF
     (tmp_path / "bob2.ctd").write_bytes(bytes(blob))
-    code = main(
-        [
-            "submit",
-            "--home",
-            str(tmp_path / "bob"),
-            "--server",
-            server.url,
-            "--policy",
-            str(policy),
-            "--container",
-            str(tmp_path / "bob2.ctd"),
-        ]
-    )
+    code = submit(tmp_path / "bob", server.url, policy, tmp_path / "bob2.ctd")
     err = capsys.readouterr().err
     assert code == 2 and "IntegrityError" in err and "chunk" in err
     assert run(capsys, "participant", "init", "--home", tmp_path / "mallory", "--name", "mallory")[0] == 0
     run(capsys, "pack", "--home", tmp_path / "mallory", "--data", tmp_path / "bob.npz", "--out", tmp_path / "m.ctd")
-    code = main(
-        [
-            "submit",
-            "--home",
-            str(tmp_path / "mallory"),
-            "--server",
-            server.url,
-            "--policy",
-            str(policy),
-            "--container",
-            str(tmp_path / "m.ctd"),
-        ]
-    )
+    code = submit(tmp_path / "mallory", server.url, policy, tmp_path / "m.ctd")
     assert code == 2 and "AuthError" in capsys.readouterr().err
     assert status(server.url) == before
 
@@ -155,18 +126,6 @@ def test_submit_refuses_enclave_that_fails_policy(
     doc = json.loads(policy.read_text())
     doc["measurements"] = ["00" * 32]
     policy.write_text(json.dumps(doc))
-    code = main(
-        [
-            "submit",
-            "--home",
-            str(tmp_path / "alice"),
-            "--server",
-            server.url,
-            "--policy",
-            str(policy),
-            "--container",
-            str(tmp_path / "a.ctd"),
-        ]
-    )
+    code = submit(tmp_path / "alice", server.url, policy, tmp_path / "a.ctd")
     assert code == 2 and "MeasurementMismatch" in capsys.readouterr().err
     assert status(server.url)["datasets"] == []
