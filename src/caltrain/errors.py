@@ -51,7 +51,7 @@ class ServiceError(CaltrainError):
     """The HTTP service or its client failed."""
 
 
-class AuthError(ServiceError):
+class AuthError(CaltrainError):
     """A request's sender is unknown, or not allowed to do this (HTTP 403)."""
 
 

@@ -14,6 +14,11 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from caltrain.errors import CaltrainError
 
 
+def validation_summary(exc: ValidationError) -> str:
+    """One line per pydantic failure set: `field.path: message; ...` (no URLs, no input echo)."""
+    return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']}" for e in exc.errors())
+
+
 class JsonFileModel(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
 
@@ -26,13 +31,13 @@ class JsonFileModel(BaseModel):
         try:
             return cls.model_validate(data)
         except ValidationError as exc:
-            raise cls.error(f"invalid {cls.what}: {exc}") from None
+            raise cls.error(f"invalid {cls.what}: {validation_summary(exc)}") from None
 
     @classmethod
     def load(cls, path: Path) -> Self:
         try:
             data = json.loads(Path(path).read_text())
-        except (OSError, json.JSONDecodeError) as exc:
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise cls.error(f"cannot read {cls.what} {path}: {exc}") from None
         return cls.from_dict(data)
 

@@ -40,14 +40,15 @@ def participant_records(n: int, seed: int) -> tuple[list[bytes], np.ndarray, np.
     rng = np.random.default_rng(seed)
     payloads = [rng.bytes(16) for _ in range(n)]
     labels = rng.integers(0, 3, n)
-    return payloads, labels, np.array([record_commitment(p, int(lbl)) for p, lbl in zip(payloads, labels, strict=True)],
-                                      dtype=object)
+    salt = rng.bytes(32)
+    hashes = [record_commitment(salt, i, p, int(lbl)) for i, (p, lbl) in enumerate(zip(payloads, labels, strict=True))]
+    return payloads, labels, np.array(hashes, dtype=object)
 
 
 @pytest.fixture()
 def log(enclave: Identity) -> LinkageLog:
     """12 records from two participants ("alice": dataset a, "bob": dataset b), 8-d fingerprints."""
-    out = LinkageLog(enclave, log_id=b"L" * 16, model_hash=b"M" * 32, measurement=MEASUREMENT)
+    out = LinkageLog(enclave, log_id=b"L" * 16, job_id="job-L", model_hash=b"M" * 32, measurement=MEASUREMENT)
     for name, seed in (("alice", 1), ("bob", 2)):
         _, labels, hashes = participant_records(6, seed)
         fps = l2_normalize(np.random.default_rng(seed).standard_normal((6, 8)).astype(np.float32))

@@ -112,7 +112,9 @@ def test_unknown_method() -> None:
 def test_tracer_answers_carry_verifiable_proofs(backdoor: tuple[Scenario, TrainingSet, Queries]) -> None:
     s, ts, q = backdoor
     enclave = Identity.generate()
-    log = LinkageLog(enclave, log_id=b"T" * 16, model_hash=model_hash(ts.model), measurement=MEASUREMENT)
+    log = LinkageLog(
+        enclave, log_id=b"T" * 16, job_id="job-T", model_hash=model_hash(ts.model), measurement=MEASUREMENT
+    )
     names = [f"participant-{c}" for c in ts.contributors]
     log.append(record_ids=[str(i) for i in range(len(ts.y))], contributors=names, labels=ts.y,
                instance_hashes=[bytes(32)] * len(ts.y), dataset_ids=names,

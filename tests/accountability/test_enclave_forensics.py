@@ -1,27 +1,41 @@
-"""Forensic queries answered by a real enclave after partitioned training: encrypted inputs, proofs that
-verify against the enclave's signed log, the backdoor's contributor named, replays and junk refused."""
+"""Forensic queries answered by a real enclave after partitioned training: sealed queries from an auditor,
+reports the enclave signs and seals to that auditor, proofs that verify against the job's signed log, the
+backdoor's contributor named, replays, junk and misdirected queries refused."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
-from tests.helpers import Packed, People, pack, submission
+from tests.helpers import Packed, People, call_sealed, create_job, ingest, pack, sealed_answer, signed_by
 
 from caltrain.accountability.attacks import badnets_trigger
 from caltrain.accountability.enclave_side import QueryRejected
-from caltrain.accountability.errors import LinkageProofInvalid
+from caltrain.accountability.errors import AccountabilityError
 from caltrain.accountability.linkage import LinkageProof, SignedStatement, verify_linkage_proof
-from caltrain.crypto.hpke import seal_to
 from caltrain.data.datasets import ArrayDataset, load_dataset
+from caltrain.enclave.authority import UNSIGNED, seal_request
+from caltrain.enclave.errors import ReplyInvalid, RequestReplayed
 from caltrain.enclave.host import EnclaveHost
 from caltrain.enclave.manifest import EnclaveConfig
-from caltrain.enclave.protocol import trace_info
-from caltrain.enclave.wire import BuildLinkage, DatasetInfo, ForensicReply, LinkageBuilt, SuspicionQuery, TraceQuery
-from caltrain.service.participant import ParticipantHome
+from caltrain.enclave.wire import (
+    BuildLinkage,
+    ForensicReply,
+    LinkageBuilt,
+    SealedReply,
+    SuspicionQuery,
+    TraceQuery,
+    decode,
+    encode,
+    to_json,
+)
+from caltrain.errors import Unauthenticated
+from caltrain.service.participant import MemberHome
 from caltrain.training.config import TrainConfig
 from caltrain.training.partitioned import PartitionedTrainer
 
@@ -44,23 +58,26 @@ def trained(people: People, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     honest, bad, mask, test = _poisoned()
     host = EnclaveHost(state_dir=tmp_path_factory.mktemp("forensics"), config=EnclaveConfig(people.consortium))
     host.start()
-    host.call(submission(pack(honest, people.alice, "alice", "alice-0"), people.alice, host.keys), DatasetInfo)
+    ingest(host, pack(honest, people.alice, "alice-0"), people.alice)
     # bob packs and submits as a participant does, keeping its key, receipt and the attested enclave's identity
-    bob = ParticipantHome(tmp_path_factory.mktemp("bob"), "bob", people.bob)
+    bob = MemberHome(tmp_path_factory.mktemp("bob"), "bob", people.bob.identity, people.bob.encryption)
     container = bob.root / "bob-0.ctd"
     bob.pack(bad, container, dataset_id="bob-0")
-    packed = Packed(container.read_bytes(), bob.data_key("bob-0"), "bob-0", "bob", bad)
-    host.call(submission(packed, people.bob, host.keys), DatasetInfo)
+    ingest(host, Packed(container.read_bytes(), bob.data_key("bob-0"), "bob-0", "bob", bad), people.bob)
+    assert host.ready is not None
     bob.remember_enclave("bob-0", {"signing_key": host.keys.signing.hex(), "measurement": host.ready.measurement})
-    config = TrainConfig(epochs=12, batch_size=32, datasets=["alice-0", "bob-0"], seed=3)
-    trainer = PartitionedTrainer(host, config, job_id="j", workdir=tmp_path_factory.mktemp("w"))
+    created = create_job(host, people.owner, TrainConfig(epochs=12, batch_size=32,
+                                                         datasets=["alice/alice-0", "bob/bob-0"]))
+    trainer = PartitionedTrainer(host, TrainConfig.from_dict(created.spec), job_id=created.job_id,
+                                 workdir=tmp_path_factory.mktemp("w"))
     trainer.run()
     trainer.close()
-    built = host.call(BuildLinkage(job_id="j"), LinkageBuilt)
+    built = host.call(BuildLinkage(job_id=created.job_id), LinkageBuilt)
     triggered = badnets_trigger(test.x[test.y != TARGET][:40])
     yield (
         host,
         {
+            "job": created.job_id,
             "statement": built.statement,
             "records": built.records,
             "triggered": triggered,
@@ -72,76 +89,91 @@ def trained(people: People, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     host.stop()
 
 
-def query(host: EnclaveHost, x: np.ndarray, *, job: str = "j", method: str = "ours") -> TraceQuery:
+def query(built: dict[str, Any], x: np.ndarray, *, method: str = "ours") -> TraceQuery:
     buf = io.BytesIO()
     np.savez(buf, x=x, predicted=np.full(len(x), TARGET))
-    return TraceQuery(
-        job_id=job, ciphertext=seal_to(host.keys.hpke, buf.getvalue(), trace_info(job)), k=10, method=method
-    )
+    return TraceQuery(job_id=built["job"], inputs=buf.getvalue(), k=10, method=method, auth=UNSIGNED)
 
 
-def test_linkage_statement_is_signed_by_the_attested_enclave(trained: tuple) -> None:
+def test_linkage_statement_is_signed_by_the_attested_enclave_for_the_job(trained: tuple) -> None:
     host, built, _ = trained
     statement = SignedStatement.from_dict(built["statement"])
-    statement.verify(host.keys.signing, measurement=bytes.fromhex(host.ready.measurement))
+    statement.verify(host.keys.signing, measurement=bytes.fromhex(host.ready.measurement), job_id=built["job"])
     assert built["records"] == statement.statement.count == 1400
 
 
-def test_trace_names_the_backdoor_contributor_with_verifiable_proofs(trained: tuple) -> None:
+def test_linkage_is_built_once(trained: tuple) -> None:
+    host, built, _ = trained
+    with pytest.raises(AccountabilityError, match="built once"):
+        host.call(BuildLinkage(job_id=built["job"]), LinkageBuilt)
+
+
+def test_trace_names_the_backdoor_contributor_with_verifiable_proofs(trained: tuple, people: People) -> None:
     host, built, mask = trained
-    report = host.call(query(host, built["triggered"]), ForensicReply).report
-    assert report["contributors"][0]["contributor"] == "bob"
+    report = call_sealed(host, query(built, built["triggered"]), people.auditor, ForensicReply).report
+    assert report["contributors"][0]["contributor"] == "bob" and report["job_id"] == built["job"]
     records = [r for a in report["answers"] for r in a["records"]]
     assert records and all(r["record"]["label"] == TARGET for r in records)
     for r in records:
         verify_linkage_proof(
-            LinkageProof.from_dict(r), host.keys.signing, measurement=bytes.fromhex(host.ready.measurement)
+            LinkageProof.from_dict(r), host.keys.signing, measurement=bytes.fromhex(host.ready.measurement),
+            job_id=built["job"],
         )
-    poisoned = {f"bob-0/{i}" for i in np.flatnonzero(mask)}
+    poisoned = {f"bob/bob-0/{i}" for i in np.flatnonzero(mask)}
     precision = np.mean([r["record"]["record_id"] in poisoned for r in records])
     assert precision > 0.8, f"precision@10 {precision:.2f}: the trace should find the triggered poison"
 
 
-def test_participant_verifies_answers_naming_it_offline(trained: tuple) -> None:
-    """bob checks every record an answer pins on it: in the signed log, and one it committed to at upload."""
+def test_participant_verifies_the_signed_report_offline(trained: tuple, people: People) -> None:
+    """bob checks the enclave signed the report, then every record it pins on bob: in the job's signed log, and one
+    bob committed to at upload. An operator who rewrites the report (to frame bob) breaks the signature."""
     host, built, _ = trained
-    report = host.call(query(host, built["triggered"][:10]), ForensicReply).report
-    bob: ParticipantHome = built["bob"]
-    assert bob.verify_trace(report, [built["container"]]) > 0
-    entry = next(r for a in report["answers"] for r in a["records"] if r["record"]["contributor"] == "bob")
-    entry["record"]["instance_hash"] = "00" * 32  # an operator framing bob with a record it never sent
-    with pytest.raises(LinkageProofInvalid):
-        bob.verify_trace(report, [built["container"]])
+    _, signed = sealed_answer(host, query(built, built["triggered"][:10]), people.auditor, ForensicReply)
+    bob: MemberHome = built["bob"]
+    doc = {"signed": to_json(signed)}
+    assert bob.verify_trace(doc, [built["container"]]) > 0
+    report = decode(signed.frame).report  # type: ignore[attr-defined]
+    report["contributors"] = [{"contributor": "alice", "blame": 1.0}]  # the operator blames an innocent member
+    forged = {"signed": to_json(dataclasses.replace(signed, frame=encode(ForensicReply(report=report))))}
+    with pytest.raises(ReplyInvalid):
+        bob.verify_trace(forged, [built["container"]])
 
 
-def test_seed_method_is_available(trained: tuple) -> None:
+def test_seed_method_is_available(trained: tuple, people: People) -> None:
     host, built, _ = trained
-    report = host.call(query(host, built["triggered"][:5], method="caltrain-knn"), ForensicReply).report
+    report = call_sealed(host, query(built, built["triggered"][:5], method="caltrain-knn"), people.auditor,
+                         ForensicReply).report
     assert report["method"] == "caltrain-knn" and len(report["answers"]) == 5
 
 
-def test_replayed_or_misdirected_queries_refused(trained: tuple) -> None:
+def test_replayed_misdirected_or_malformed_queries_refused(
+    trained: tuple, people: People, fresh_enclave: EnclaveHost
+) -> None:
     host, built, _ = trained
-    msg = query(host, built["triggered"][:3])
-    host.call(msg, ForensicReply)
-    with pytest.raises(QueryRejected, match="replay"):
-        host.call(msg, ForensicReply)
-    other = query(host, built["triggered"][:3], job="other-job")
-    with pytest.raises(QueryRejected, match="decrypt"):
-        host.call(TraceQuery(job_id="j", ciphertext=other.ciphertext, k=10, method="ours"), ForensicReply)
+    msg = signed_by(query(built, built["triggered"][:3]), people.auditor, host.keys)
+    host.call(seal_request(msg, host.keys), SealedReply)
+    with pytest.raises(RequestReplayed):
+        host.call(seal_request(msg, host.keys), SealedReply)
+    elsewhere = signed_by(query(built, built["triggered"][:3]), people.auditor, fresh_enclave.keys)
+    with pytest.raises(Unauthenticated):  # sealed to another enclave: does not even open here
+        host.call(seal_request(elsewhere, fresh_enclave.keys), SealedReply)
+    with pytest.raises(Unauthenticated):  # opened, but signed for another enclave instance
+        host.call(seal_request(elsewhere, host.keys), SealedReply)
     with pytest.raises(QueryRejected, match="shape"):
-        host.call(query(host, np.zeros((2, 1, 9, 9), dtype=np.float32)), ForensicReply)
-    tampered = bytearray(query(host, built["triggered"][:3]).ciphertext)
+        call_sealed(host, query(built, np.zeros((2, 1, 9, 9), dtype=np.float32)), people.auditor, ForensicReply)
+    tampered = bytearray(seal_request(signed_by(query(built, built["triggered"][:3]), people.auditor, host.keys),
+                                      host.keys).ciphertext)
     tampered[-1] ^= 1
-    with pytest.raises(QueryRejected):
-        host.call(TraceQuery(job_id="j", ciphertext=bytes(tampered), k=10, method="ours"), ForensicReply)
+    with pytest.raises(Unauthenticated):
+        host.call(dataclasses.replace(seal_request(msg, host.keys), ciphertext=bytes(tampered)), SealedReply)
 
 
-def test_suspicion_ranks_every_instance_poison_above_clean(trained: tuple) -> None:
-    host, _, mask = trained
-    ranking = host.call(SuspicionQuery(job_id="j", method="ours"), ForensicReply).report["ranking"]
+def test_suspicion_ranks_every_instance_poison_above_clean(trained: tuple, people: People) -> None:
+    host, built, mask = trained
+    query_msg = SuspicionQuery(job_id=built["job"], method="ours", auth=UNSIGNED)
+    ranking = call_sealed(host, query_msg, people.auditor, ForensicReply).report["ranking"]
     assert len(ranking) == 1400
-    poisoned = {f"bob-0/{i}" for i in np.flatnonzero(mask)}
+    poisoned = {f"bob/bob-0/{i}" for i in np.flatnonzero(mask)}
     truth = [r["record_id"] in poisoned for r in ranking]
     scores = [r["score"] for r in ranking]
     assert scores == sorted(scores, reverse=True)

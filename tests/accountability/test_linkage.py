@@ -122,7 +122,9 @@ def test_forged_record_detected(db: Path, log: LinkageLog, sealer: Sealer, encla
 
 
 def test_statement_from_other_key_detected(db: Path, log: LinkageLog, sealer: Sealer, enclave: Identity) -> None:
-    other = LinkageLog(Identity.generate(), log_id=log.log_id, model_hash=log.model_hash, measurement=MEASUREMENT)
+    other = LinkageLog(
+        Identity.generate(), log_id=log.log_id, job_id=log.job_id, model_hash=log.model_hash, measurement=MEASUREMENT
+    )
     write(db, "UPDATE statement SET body = ? WHERE id = 0", other.signed.to_json())
     with pytest.raises(StatementInvalid):
         load(db, sealer, enclave)

@@ -33,7 +33,7 @@ from caltrain.crypto.errors import (
     ContainerMismatch,
     IntegrityError,
 )
-from caltrain.crypto.hashing import record_commitment, record_commitments
+from caltrain.crypto.hashing import record_commitment, record_commitments, record_salt
 from caltrain.crypto.merkle import MerkleTree, verify_inclusion
 from caltrain.crypto.signing import Identity
 from caltrain.errors import CryptoError
@@ -91,7 +91,7 @@ def rebuild(header: ContainerHeader, signer: Identity | None, old: bytes) -> byt
     prefix, chunks = container_chunks(old)
     raw = header.to_bytes()
     signature = prefix[-64:] if signer is None else signer.sign(container._header_digest(raw))
-    return struct.pack(">4sI", b"CTD\x01", len(raw)) + raw + signature + b"".join(chunks)
+    return struct.pack(">4sI", container.MAGIC, len(raw)) + raw + signature + b"".join(chunks)
 
 
 def test_round_trip() -> None:
@@ -101,7 +101,8 @@ def test_round_trip() -> None:
     assert [(bytes(p), lab) for p, lab in opened.records()] == expected
     assert opened.payloads.tobytes() == b"".join(p for p, _ in expected)
     assert opened.labels == tuple(lab for _, lab in expected)
-    assert opened.record_hashes == tuple(record_commitment(p, lab) for p, lab in expected)
+    salt = record_salt(key())
+    assert opened.record_hashes == tuple(record_commitment(salt, i, p, lab) for i, (p, lab) in enumerate(expected))
     assert not opened.payloads.flags.writeable and opened.payload(0).readonly
     header = opened.header
     assert (header.dataset_id, header.participant_id, header.schema) == ("ds-1", "alice", SCHEMA)
@@ -150,10 +151,24 @@ def test_round_trip_any_records_and_chunking(recs: list[tuple[bytes, int]], chun
     assert [(bytes(p), lab) for p, lab in opened.records()] == recs
 
 
-@given(st.lists(st.tuples(st.binary(min_size=5, max_size=5), st.integers(-(2**63), 2**63 - 1)), max_size=20))
-def test_batched_commitments_equal_record_commitment(recs: list[tuple[bytes, int]]) -> None:
+@given(
+    st.lists(st.tuples(st.binary(min_size=5, max_size=5), st.integers(-(2**63), 2**63 - 1)), max_size=20),
+    st.binary(min_size=32, max_size=32),
+    st.integers(0, 2**40),
+)
+def test_batched_commitments_equal_record_commitment(recs: list[tuple[bytes, int]], salt: bytes, first: int) -> None:
     laid_out = b"".join(struct.pack(">q", lab) + p for p, lab in recs)
-    assert record_commitments(laid_out, 5) == [record_commitment(*r) for r in recs]
+    expected = [record_commitment(salt, first + i, p, lab) for i, (p, lab) in enumerate(recs)]
+    assert record_commitments(laid_out, 5, salt, first) == expected
+
+
+def test_commitments_are_salted_by_the_data_key_and_bound_to_the_index() -> None:
+    """Without the data key nobody can confirm a guessed record from its commitment; equal records differ."""
+    payload, label = records(0)[5]
+    opened = open_(blob_a())
+    assert record_commitment(record_salt(key()), 5, payload, label) == opened.record_hashes[5]
+    assert record_commitment(record_salt(aead.new_key()), 5, payload, label) != opened.record_hashes[5]
+    assert record_commitment(record_salt(key()), 6, payload, label) != opened.record_hashes[5]
 
 
 def test_pack_rejects_bad_records() -> None:
@@ -315,9 +330,9 @@ def test_chunk_length_fields_are_checked() -> None:
     [
         (b"", "too short"),
         (b"XYZ\x01" + b"\x00" * 100, "bad magic"),
-        (b"CTD\x02" + b"\x00" * 100, "version 2"),
-        (b"CTD\x01" + struct.pack(">I", 1 << 30) + b"\x00" * 100, "exceeds"),
-        (b"CTD\x01" + struct.pack(">I", 90) + b"\x00" * 100, "truncated"),
+        (b"CTD\x01" + b"\x00" * 100, "version 1"),
+        (b"CTD\x02" + struct.pack(">I", 1 << 30) + b"\x00" * 100, "exceeds"),
+        (b"CTD\x02" + struct.pack(">I", 90) + b"\x00" * 100, "truncated"),
     ],
 )
 def test_framing_errors(blob: bytes, match: str) -> None:
@@ -338,7 +353,7 @@ def _encode(d: dict[str, Any]) -> bytes:
 @pytest.mark.parametrize(
     ("field", "value"),
     [
-        ("format_version", 2),
+        ("format_version", 1),
         ("format_version", 1.0),
         ("format_version", True),
         ("dataset_id", 5),
@@ -412,7 +427,7 @@ def test_receipt_round_trip_and_inclusion() -> None:
     assert again.participant_key == alice().public_key
     tree = MerkleTree(list(opened.record_hashes))
     payload, label = records(0)[5]
-    verify_inclusion(record_commitment(payload, label), tree.proof(5), again.merkle_root)
+    verify_inclusion(record_commitment(record_salt(key()), 5, payload, label), tree.proof(5), again.merkle_root)
 
 
 def test_receipt_tampering_and_malformed() -> None:

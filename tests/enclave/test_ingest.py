@@ -10,21 +10,29 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from caltrain.crypto.errors import BadSignature, ContainerMismatch, KeyUnwrapError
-from caltrain.enclave.errors import DuplicateDataset, SealedStateError
+from caltrain.crypto.container import read_header
+from caltrain.crypto.errors import ContainerMismatch, KeyUnwrapError
+from caltrain.crypto.hpke import wrap_key
+from caltrain.enclave.authority import UNSIGNED
+from caltrain.enclave.consortium import Consortium
+from caltrain.enclave.errors import DuplicateDataset, RequestReplayed, SealedStateError
 from caltrain.enclave.host import EnclaveHost
 from caltrain.enclave.manifest import EnclaveConfig
-from caltrain.enclave.wire import DatasetInfo, DatasetList, IngestDataset, ListDatasets
-from caltrain.errors import AuthError, CaltrainError, EnclaveError
+from caltrain.enclave.protocol import wrap_context
+from caltrain.enclave.wire import DatasetList, DatasetReceipt, IngestDataset, ListDatasets, Ok
+from caltrain.errors import AuthError, CaltrainError, EnclaveError, Unauthenticated
 from tests.helpers import (
     Packed,
     People,
     container_chunks,
     digits_shares,
     flip_bit,
+    open_policy,
     pack,
     record_payloads,
+    signed_by,
     submission,
+    with_field,
 )
 
 _ids = itertools.count()
@@ -32,38 +40,38 @@ _ids = itertools.count()
 
 def new_packed(people: People, who: str = "alice", parts: int = 4) -> Packed:
     share = digits_shares(parts)[next(_ids) % parts]
-    identity = getattr(people, who)
-    return pack(share, identity, who, f"{who}-{next(_ids)}")
+    return pack(share, getattr(people, who), f"{who}-{next(_ids)}")
 
 
 def dataset_ids(enclave: EnclaveHost) -> list[str]:
     return [d["dataset_id"] for d in enclave.call(ListDatasets(), DatasetList).datasets]
 
 
-def test_ingest_reports_commitment(enclave: EnclaveHost, people: People) -> None:
+def test_ingest_answers_a_signed_receipt(enclave: EnclaveHost, people: People) -> None:
     packed = new_packed(people)
-    info = enclave.call(submission(packed, people.alice, enclave.keys), DatasetInfo)
-    assert info.record_count == len(packed.dataset)
-    from caltrain.crypto.container import read_header
-
-    assert info.merkle_root == read_header(packed.container)[0].merkle_root.hex()
-    assert packed.dataset_id in dataset_ids(enclave)
+    _, receipt = enclave.call_member(submission(packed, people.alice, enclave.keys), DatasetReceipt)
+    assert receipt.record_count == len(packed.dataset)
+    assert receipt.merkle_root == read_header(packed.container)[0].merkle_root.hex()
+    assert receipt.policy_digest == open_policy().digest
+    assert receipt.dataset_id == packed.qualified_id in dataset_ids(enclave)
 
 
 def test_replayed_upload_ingests_nothing_twice(enclave: EnclaveHost, people: People) -> None:
     packed = new_packed(people)
     msg = submission(packed, people.alice, enclave.keys)
-    enclave.call(msg, DatasetInfo)
+    enclave.call_member(msg, DatasetReceipt)
     before = dataset_ids(enclave)
-    with pytest.raises(DuplicateDataset):
-        enclave.call(msg, DatasetInfo)
+    with pytest.raises(RequestReplayed):  # the same signed request: its single-use id is spent
+        enclave.call_member(msg, DatasetReceipt)
+    with pytest.raises(DuplicateDataset):  # signed afresh: the dataset id is taken
+        enclave.call_member(submission(packed, people.alice, enclave.keys), DatasetReceipt)
     assert dataset_ids(enclave) == before
 
 
 @functools.cache
 def _fixed_packed(people: People) -> Packed:
     """One container for every example (hypothesis needs the same sizes each run); it is never ingested."""
-    return pack(digits_shares(8)[0], people.alice, "alice", "alice-mutation-target")
+    return pack(digits_shares(8)[0], people.alice, "alice-mutation-target")
 
 
 @settings(max_examples=40)
@@ -93,21 +101,21 @@ def test_mutated_containers_rejected_and_nothing_ingested(
     before = dataset_ids(enclave)
     # The participant signs what it sends, so only the enclave's own checks stand between it and ingestion.
     with pytest.raises(CaltrainError):
-        enclave.call(submission(packed, people.alice, enclave.keys, container=mutated), DatasetInfo)
+        enclave.call_member(submission(packed, people.alice, enclave.keys, container=mutated), DatasetReceipt)
     assert dataset_ids(enclave) == before
 
 
 def test_splice_between_containers_rejected(enclave: EnclaveHost, people: People) -> None:
     """Chunks of another container under the same data key (same participant) do not authenticate."""
     a = new_packed(people, parts=8)
-    b = pack(digits_shares(8)[5], people.alice, "alice", f"alice-{next(_ids)}")
+    b = pack(digits_shares(8)[5], people.alice, f"alice-{next(_ids)}")
     b = Packed(b.container, a.data_key, b.dataset_id, b.participant, b.dataset)
     prefix, chunks = container_chunks(a.container)
     _, other = container_chunks(b.container)
     spliced = prefix + chunks[0] + other[1] + b"".join(chunks[2:])
     before = dataset_ids(enclave)
     with pytest.raises(CaltrainError):
-        enclave.call(submission(a, people.alice, enclave.keys, container=spliced), DatasetInfo)
+        enclave.call_member(submission(a, people.alice, enclave.keys, container=spliced), DatasetReceipt)
     assert dataset_ids(enclave) == before
 
 
@@ -117,84 +125,83 @@ def test_replay_into_another_dataset_id(enclave: EnclaveHost, people: People) ->
     relabelled = Packed(packed.container, packed.data_key, "alice-other", "alice", packed.dataset)
     msg = submission(relabelled, people.alice, enclave.keys)
     with pytest.raises(KeyUnwrapError):
-        enclave.call(msg, DatasetInfo)
+        enclave.call_member(msg, DatasetReceipt)
 
 
 def test_key_wrapped_to_another_enclave(enclave: EnclaveHost, fresh_enclave: EnclaveHost, people: People) -> None:
     packed = new_packed(people)
-    wrapped_elsewhere = submission(packed, people.alice, fresh_enclave.keys)
-    # Re-sign for the target enclave so the signature check passes and the unwrap itself is what fails.
-    from caltrain.enclave.protocol import submission_digest
-
-    sig = people.alice.sign(submission_digest(packed.container, wrapped_elsewhere.wrapped_key, enclave.keys))
-    msg = IngestDataset(
-        participant="alice", container=packed.container, wrapped_key=wrapped_elsewhere.wrapped_key, signature=sig
-    )
+    wrapped = wrap_key(packed.data_key, fresh_enclave.keys.hpke, context=wrap_context(packed.dataset_id, "alice"))
+    # Signed for the target enclave, so the authorization passes and the unwrap itself is what fails.
+    msg = IngestDataset(container=packed.container, wrapped_key=wrapped, policy=open_policy().canonical_bytes(),
+                        auth=UNSIGNED)
     with pytest.raises(KeyUnwrapError):
-        enclave.call(msg, DatasetInfo)
+        enclave.call_member(signed_by(msg, people.alice, enclave.keys), DatasetReceipt)
 
 
 def test_unknown_participant_denied(enclave: EnclaveHost, people: People) -> None:
-    packed = pack(digits_shares(4)[0], people.outsider, "mallory", f"mallory-{next(_ids)}")
+    packed = pack(digits_shares(4)[0], people.outsider, f"mallory-{next(_ids)}")
     with pytest.raises(AuthError, match="not a member"):
-        enclave.call(submission(packed, people.outsider, enclave.keys), DatasetInfo)
+        enclave.call_member(submission(packed, people.outsider, enclave.keys), DatasetReceipt)
 
 
 def test_auditor_cannot_submit_data(enclave: EnclaveHost, people: People) -> None:
-    packed = pack(digits_shares(4)[0], people.auditor, "auditor", f"aud-{next(_ids)}")
-    with pytest.raises(AuthError, match="not a participant"):
-        enclave.call(submission(packed, people.auditor, enclave.keys), DatasetInfo)
+    packed = pack(digits_shares(4)[0], people.auditor, f"aud-{next(_ids)}")
+    with pytest.raises(AuthError, match="needs a member: participant"):
+        enclave.call_member(submission(packed, people.auditor, enclave.keys), DatasetReceipt)
 
 
 def test_submission_signed_by_someone_else(enclave: EnclaveHost, people: People) -> None:
     packed = new_packed(people)
-    with pytest.raises(BadSignature):
-        enclave.call(submission(packed, people.bob, enclave.keys), DatasetInfo)
+    msg = submission(packed, people.bob, enclave.keys)  # bob's signature, presented as alice's
+    with pytest.raises(Unauthenticated):
+        enclave.call_member(with_field(msg, auth=with_field(msg.auth, member="alice")), DatasetReceipt)
 
 
 def test_container_of_bob_submitted_as_alice(enclave: EnclaveHost, people: People) -> None:
     packed = new_packed(people, who="bob")
     with pytest.raises(ContainerMismatch):
-        enclave.call(submission(packed, people.alice, enclave.keys, participant="alice"), DatasetInfo)
+        enclave.call_member(submission(packed, people.alice, enclave.keys), DatasetReceipt)
 
 
 def test_earlier_datasets_survive_bad_input_and_restart(people: People, tmp_path: Path) -> None:
     config = EnclaveConfig(people.consortium)
     good = new_packed(people)
     with EnclaveHost(state_dir=tmp_path, config=config) as host:
-        host.call(submission(good, people.alice, host.keys), DatasetInfo)
+        host.call_member(submission(good, people.alice, host.keys), DatasetReceipt)
         bad = new_packed(people)
         with pytest.raises(CaltrainError):
-            host.call(submission(bad, people.alice, host.keys, container=flip_bit(bad.container, 9000)), DatasetInfo)
+            host.call_member(
+                submission(bad, people.alice, host.keys, container=flip_bit(bad.container, 9000)), DatasetReceipt
+            )
     with EnclaveHost(state_dir=tmp_path, config=config) as host:
-        assert dataset_ids(host) == [good.dataset_id]
+        assert dataset_ids(host) == [good.qualified_id]
 
 
-def test_tampered_sealed_index_detected_at_boot(people: People, tmp_path: Path) -> None:
+def test_tampered_sealed_index_refused_at_boot(people: People, tmp_path: Path) -> None:
     config = EnclaveConfig(people.consortium)
     with EnclaveHost(state_dir=tmp_path, config=config) as host:
-        host.call(submission(new_packed(people), people.alice, host.keys), DatasetInfo)
+        host.call_member(submission(new_packed(people), people.alice, host.keys), DatasetReceipt)
     index = tmp_path / "enclave" / "datasets.sealed"
     index.write_bytes(flip_bit(index.read_bytes(), 200))
-    with EnclaveHost(state_dir=tmp_path, config=config) as host, pytest.raises(SealedStateError):
-        dataset_ids(host)
+    with pytest.raises(SealedStateError):
+        EnclaveHost(state_dir=tmp_path, config=config).start()
 
 
-def test_container_modified_at_rest_detected(people: People, tmp_path: Path) -> None:
+def test_container_modified_at_rest_refused_at_boot(people: People, tmp_path: Path) -> None:
     config = EnclaveConfig(people.consortium)
     with EnclaveHost(state_dir=tmp_path, config=config) as host:
-        host.call(submission(new_packed(people), people.alice, host.keys), DatasetInfo)
+        host.call_member(submission(new_packed(people), people.alice, host.keys), DatasetReceipt)
     (stored,) = (tmp_path / "enclave").glob("*.ctd")
     stored.write_bytes(flip_bit(stored.read_bytes(), 12345))
-    with EnclaveHost(state_dir=tmp_path, config=config) as host, pytest.raises(SealedStateError, match="modified"):
-        dataset_ids(host)
+    with pytest.raises(SealedStateError, match="modified"):
+        EnclaveHost(state_dir=tmp_path, config=config).start()
 
 
 def test_other_measurement_cannot_unseal(people: People, tmp_path: Path) -> None:
     """State sealed by one enclave configuration is unreadable by another (different measurement)."""
     with EnclaveHost(state_dir=tmp_path, config=EnclaveConfig(people.consortium)) as host:
-        host.call(submission(new_packed(people), people.alice, host.keys), DatasetInfo)
-    smaller = EnclaveConfig(type(people.consortium)(people.consortium.members[:2]))
+        host.call_member(submission(new_packed(people), people.alice, host.keys), DatasetReceipt)
+    smaller = EnclaveConfig(Consortium(people.consortium.members[:2], people.consortium.schema))
     with pytest.raises(CaltrainError):
         EnclaveHost(state_dir=tmp_path, config=smaller).start()
 
@@ -208,8 +215,8 @@ def test_boundary_carries_no_plaintext_and_no_keys(people: People, tmp_path: Pat
     packed = new_packed(people)
     with host:
         msg = submission(packed, people.alice, host.keys)
-        seen.append(msg.container + msg.wrapped_key + msg.signature)  # what the participant sends the host
-        host.call(msg, DatasetInfo)
+        seen.append(msg.container + msg.wrapped_key + msg.policy)  # what the participant sends the host
+        host.call_member(msg, DatasetReceipt)
         dataset_ids(host)
     stream = b"".join(seen)
     payloads = record_payloads(packed.dataset)
@@ -223,12 +230,9 @@ def test_boundary_carries_no_plaintext_and_no_keys(people: People, tmp_path: Pat
     assert payloads[0] in packed.dataset.x.tobytes()
 
 
-def test_unknown_call_is_a_typed_failure(enclave: EnclaveHost) -> None:
-    from caltrain.enclave.wire import Ok, Shutdown  # noqa: F401  (Ok is not a call the enclave answers)
-    from caltrain.enclave.wire import Ok as NotACall
-
-    with pytest.raises(EnclaveError, match="no call Ok"):
-        enclave.call(NotACall(), DatasetList)
+def test_a_reply_sent_as_a_call_is_a_typed_failure(enclave: EnclaveHost) -> None:
+    with pytest.raises(EnclaveError, match="not a request"):
+        enclave.call(Ok(), DatasetList)
 
 
 def test_overlapped_call_keeps_the_channel_in_step(enclave: EnclaveHost) -> None:
@@ -238,8 +242,6 @@ def test_overlapped_call_keeps_the_channel_in_step(enclave: EnclaveHost) -> None
     with enclave.calling(ListDatasets(), DatasetList):
         pass
     assert enclave.call(ListDatasets(), DatasetList).datasets == before
-    from caltrain.enclave.wire import Ok as NotACall
-
-    with pytest.raises(EnclaveError), enclave.calling(NotACall(), DatasetList) as reply:
+    with pytest.raises(EnclaveError), enclave.calling(Ok(), DatasetList) as reply:
         reply()
     assert enclave.call(ListDatasets(), DatasetList).datasets == before

@@ -10,7 +10,7 @@ import pytest
 from caltrain.attestation.errors import NoTeeAvailable
 from caltrain.enclave.host import EnclaveHost
 from caltrain.enclave.manifest import EnclaveConfig
-from caltrain.enclave.wire import DatasetInfo, DatasetList, ListDatasets
+from caltrain.enclave.wire import DatasetList, DatasetReceipt, ListDatasets
 from caltrain.errors import EnclaveError
 from caltrain.service.loopback import free_port
 from tests.helpers import People, digits_shares, pack, submission
@@ -32,9 +32,9 @@ def test_enclave_launched_with_fixed_argv_connects_back(people: People, tmp_path
     with EnclaveHost(
         state_dir=tmp_path, config=EnclaveConfig(people.consortium), launcher=launcher, listen_port=port
     ) as host:
-        packed = pack(digits_shares(4)[0], people.alice, "alice", "alice-launched")
-        host.call(submission(packed, people.alice, host.keys), DatasetInfo)
-        assert [d["dataset_id"] for d in host.call(ListDatasets(), DatasetList).datasets] == ["alice-launched"]
+        packed = pack(digits_shares(4)[0], people.alice, "alice-launched")
+        host.call_member(submission(packed, people.alice, host.keys), DatasetReceipt)
+        assert [d["dataset_id"] for d in host.call(ListDatasets(), DatasetList).datasets] == ["alice/alice-launched"]
 
 
 def test_launcher_that_never_connects_times_out(people: People, tmp_path: Path) -> None:

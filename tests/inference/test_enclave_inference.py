@@ -12,10 +12,13 @@ import numpy as np
 import pytest
 import torch
 
-from caltrain.crypto.errors import BadSignature, IntegrityError
+from caltrain.crypto.errors import IntegrityError
 from caltrain.crypto.hpke import HpkeKeyPair
+from caltrain.enclave.authority import UNSIGNED
 from caltrain.enclave.host import EnclaveHost
 from caltrain.enclave.manifest import EnclaveConfig
+from caltrain.enclave.wire import DeployModel
+from caltrain.errors import AuthError, Unauthenticated
 from caltrain.inference.errors import (
     BadRequest,
     DuplicateModel,
@@ -29,7 +32,7 @@ from caltrain.inference.requests import ClientSession
 from caltrain.inference.serving import BatchingConfig, InferenceService
 from caltrain.inference.sessions import REORDER_WINDOW, SessionTable
 from caltrain.models import build_model
-from tests.helpers import People
+from tests.helpers import People, signed_by, with_field
 
 torch.set_num_threads(1)
 ARCH, M = "digits-cnn", 2
@@ -41,12 +44,17 @@ def plain_top_k(model: torch.nn.Module, x: np.ndarray, k: int) -> tuple[list[int
     return i[0].tolist(), p[0].tolist()
 
 
-def deploy(service: InferenceService, people: People, model_id: str, model: torch.nn.Module, ternary: bool) -> None:
-    prepared = prepare_deployment(service.enclave.keys, people.alice, model_id, ARCH, M, ternary, model.state_dict())
-    service.deploy(
-        model_id=model_id, architecture=ARCH, m=M, ternary=ternary, owner="alice", signature=prepared.signature,
-        host_state=prepared.host_state, sealed_weights=prepared.sealed_weights,
+def deploy_request(model_id: str, sealed_weights: bytes, ternary: bool) -> DeployModel:
+    return DeployModel(
+        model_id=model_id, job_id="", front_digest="", architecture=ARCH, m=M, ternary=ternary,
+        sealed_weights=sealed_weights, slot_paths=[], max_batch=0, auth=UNSIGNED,
     )
+
+
+def deploy(service: InferenceService, people: People, model_id: str, model: torch.nn.Module, ternary: bool) -> None:
+    prepared = prepare_deployment(service.enclave.keys, model_id, ARCH, M, ternary, model.state_dict())
+    msg = signed_by(deploy_request(model_id, prepared.sealed_weights, ternary), people.owner, service.enclave.keys)
+    service.deploy(msg, prepared.host_state)
 
 
 @pytest.fixture
@@ -145,11 +153,15 @@ def test_replay_tamper_wrong_session_and_bad_requests_fail_alone(served: Served,
         service.get("nope")
     with pytest.raises(DuplicateModel):
         deploy(service, people, "normal", model, ternary=False)
-    # A deployment not signed by a member (the host's own FrontNet) is refused by the enclave.
-    with pytest.raises(BadSignature):
-        service.deploy(model_id="evil", architecture=ARCH, m=M, ternary=False, owner="alice", signature=b"0" * 64,
-                       host_state={k: v for k, v in model.state_dict().items() if not k.startswith("conv")},
-                       sealed_weights=b"")
+    # A deployment not signed by an owner (the host's own FrontNet, or a participant's) is refused by the enclave.
+    host_state = {k: v for k, v in model.state_dict().items() if not k.startswith("conv")}
+    prepared = prepare_deployment(service.enclave.keys, "evil", ARCH, M, False, model.state_dict())
+    forged = signed_by(deploy_request("evil", prepared.sealed_weights, False), people.owner, service.enclave.keys)
+    with pytest.raises(Unauthenticated):  # sealed weights swapped after the owner signed
+        other = prepare_deployment(service.enclave.keys, "evil", ARCH, M, False, build_model(ARCH).state_dict())
+        service.deploy(with_field(forged, sealed_weights=other.sealed_weights), host_state)
+    with pytest.raises(AuthError, match="owner"):
+        service.deploy(signed_by(forged, people.alice, service.enclave.keys), host_state)
     assert ask(service, mine, "normal", x)["labels"] == plain_top_k(model, x, 3)[0], "still serving"
 
 

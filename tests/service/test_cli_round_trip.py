@@ -38,8 +38,9 @@ def test_two_participants_round_trip(tmp_path: Path, capsys: pytest.CaptureFixtu
     consortium = tmp_path / "consortium.json"
     for name, role in (("alice", "participant"), ("bob", "participant"), ("carol", "auditor")):
         code, out = run(capsys, "participant", "init", "--home", tmp_path / name, "--name", name)
-        assert code == 0 and len(bytes.fromhex(out.strip())) == 32
+        assert code == 0 and [len(bytes.fromhex(line.split()[-1])) for line in out.splitlines()] == [32, 32]
         assert run(capsys, "consortium", "add", "--file", consortium, "--home", tmp_path / name, "--role", role)[0] == 0
+    assert run(capsys, "consortium", "schema", "--file", consortium, "--shape", "1,8,8", "--classes", "10")[0] == 0
     assert [m["name"] for m in json.loads(consortium.read_text())["members"]] == ["alice", "bob", "carol"]
 
     containers = {}
@@ -119,6 +120,7 @@ def test_submit_refuses_enclave_that_fails_policy(
     consortium = tmp_path / "consortium.json"
     run(capsys, "participant", "init", "--home", tmp_path / "alice", "--name", "alice")
     run(capsys, "consortium", "add", "--file", consortium, "--home", tmp_path / "alice", "--role", "participant")
+    run(capsys, "consortium", "schema", "--file", consortium, "--shape", "1,8,8", "--classes", "10")
     run(capsys, "pack", "--home", tmp_path / "alice", "--data", "digits", "--out", tmp_path / "a.ctd")
     server = start_server(tmp_path / "state", consortium, tmp_path / "server.log")
     policy = tmp_path / "policy.json"

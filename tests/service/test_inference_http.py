@@ -17,10 +17,11 @@ import torch
 from caltrain.attestation import Policy
 from caltrain.cli.main import main
 from caltrain.data.datasets import load_dataset
+from caltrain.enclave.consent import Grantees
 from caltrain.inference.requests import ClientSession
 from caltrain.models import build_model
 from caltrain.service.inference_client import InferenceClient
-from caltrain.service.participant import ParticipantHome
+from caltrain.service.participant import MemberHome
 
 
 def run(capsys: pytest.CaptureFixture[str], *args: object) -> tuple[int, str]:
@@ -31,7 +32,9 @@ def run(capsys: pytest.CaptureFixture[str], *args: object) -> tuple[int, str]:
 def setup_server(tmp_path: Path, capsys: pytest.CaptureFixture[str], start_server: Any) -> tuple[Any, Path]:
     consortium = tmp_path / "consortium.json"
     run(capsys, "participant", "init", "--home", tmp_path / "alice", "--name", "alice")
-    run(capsys, "consortium", "add", "--file", consortium, "--home", tmp_path / "alice", "--role", "participant")
+    run(capsys, "consortium", "add", "--file", consortium, "--home", tmp_path / "alice", "--role", "participant",
+        "--role", "owner")
+    run(capsys, "consortium", "schema", "--file", consortium, "--shape", "1,8,8", "--classes", "10")
     server = start_server(tmp_path / "state", consortium, tmp_path / "server.log")
     policy = tmp_path / "policy.json"
     assert run(capsys, "policy", "--server", server.url, "--out", policy)[0] == 0
@@ -43,17 +46,21 @@ def test_trained_model_deploys_and_cli_infers(
 ) -> None:
     server, policy = setup_server(tmp_path, capsys, start_server)
     home = tmp_path / "alice"
-    run(capsys, "pack", "--home", home, "--data", "digits", "--out", tmp_path / "a.ctd")
+    run(capsys, "pack", "--home", home, "--data", "digits", "--out", tmp_path / "a.ctd", "--dataset-id", "a")
+    # alice reviews pack's cautious default and allows a cut after two blocks and herself receiving the FrontNet
+    default = MemberHome.load(home).policy("a")
+    consent = default.model_copy(update={"min_frontnet_blocks": 2, "frontnet_recipients": Grantees(members=["alice"])})
+    consent.save(tmp_path / "consent.json")
     assert run(capsys, "submit", "--home", home, "--server", server.url, "--policy", policy,
-               "--container", tmp_path / "a.ctd")[0] == 0
+               "--container", tmp_path / "a.ctd", "--data-policy", tmp_path / "consent.json")[0] == 0
     config = tmp_path / "train.json"
     config.write_text(json.dumps({"model": "digits-cnn", "frontnet_layers": 2, "epochs": 2, "lr": 0.05}))
-    code, out = run(capsys, "train", "--server", server.url, "--config", config, "--home", home)
+    code, out = run(capsys, "train", "--server", server.url, "--config", config, "--home", home, "--policy", policy)
     assert code == 0, out
     job_id = out.split()[1]
     code, out = run(capsys, "deploy", "--server", server.url, "--policy", policy, "--home", home,
                     "--model-id", "digits", "--job", job_id)
-    assert code == 0 and json.loads(out)["source"] == f"job:{job_id}"
+    assert code == 0 and json.loads(out)["owner"] == "alice"
     _, test = load_dataset("digits")
     np.savez(tmp_path / "inputs.npz", x=test.x[:20])
     code, out = run(capsys, "infer", "--server", server.url, "--policy", policy, "--input", tmp_path / "inputs.npz",
@@ -61,7 +68,8 @@ def test_trained_model_deploys_and_cli_infers(
     assert code == 0
     predicted = [int(line.split(":")[1]) for line in out.splitlines()[:20]]
     # The same model, exported (FrontNet encrypted to alice) and run plainly, predicts the same.
-    code, _ = run(capsys, "export", "--server", server.url, "--home", home, "--job", job_id, "--out", tmp_path / "m.pt")
+    code, _ = run(capsys, "export", "--server", server.url, "--home", home, "--policy", policy, "--job", job_id,
+                  "--out", tmp_path / "m.pt")
     assert code == 0
     saved = torch.load(tmp_path / "m.pt", weights_only=True)
     model = build_model("digits-cnn").eval()
@@ -74,21 +82,21 @@ def test_external_model_round_trip_and_bad_input(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], start_server: Any
 ) -> None:
     server, policy_path = setup_server(tmp_path, capsys, start_server)
-    home = ParticipantHome.load(tmp_path / "alice")
+    home = MemberHome.load(tmp_path / "alice")
     model = build_model("digits-cnn", seed=5).eval()
     xs = np.random.default_rng(2).random((40, 1, 8, 8), dtype=np.float32)
     bodies: list[bytes] = []
-    with InferenceClient(server.url, Policy.load(policy_path), identity=home.identity, name=home.name) as client:
+    with InferenceClient(server.url, Policy.load(policy_path), home=home) as client:
         client.http._http.event_hooks["request"] = [lambda r: bodies.append(r.read())]
         client.http._http.event_hooks["response"] = [lambda r: bodies.append(r.read())]
         info = client.deploy_external("ext", "digits-cnn", 1, model.state_dict(), ternary=True)
-        assert info["ternary"] is True and info["owner"] == "alice"
+        assert info.ternary is True and info.owner == "alice"
         predictions = client.classify_many(xs, "ext", top_k=3, concurrency=16)
         with torch.inference_mode():
             expected = torch.topk(torch.softmax(model(torch.from_numpy(xs)), 1), 3)
         assert [p.labels for p in predictions] == expected.indices.tolist()
         assert np.allclose([p.probabilities for p in predictions], expected.values.numpy(), atol=1e-5)
-        assert {p.front_digest for p in predictions} == {info["front_digest"]}
+        assert {p.front_digest for p in predictions} == {info.front_digest}
         keys = client.enclave.keys
     everything = b"".join(bodies)
     for x in xs:  # no input (nor its base64) in any HTTP body, in either direction

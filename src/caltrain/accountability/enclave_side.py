@@ -1,13 +1,16 @@
 """The enclave's accountability calls: build the signed linkage log, answer forensic queries.
 
-Everything here runs inside the enclave: fingerprints come from the decrypted training records, queries
-arrive HPKE-encrypted, and answers carry proofs against the signed log root (DESIGN.md §2, property 4).
+Everything here runs inside the enclave: fingerprints come from the decrypted training records, queries arrive
+sealed to the enclave from an auditor whose signature the dispatcher verified, and whom every training dataset's
+policy names as a tracer; answers carry proofs against the signed log root and leave signed by the enclave and
+encrypted to that auditor. A job's log is built once: its id comes from enclave randomness and the sealed job
+registry records it, so no log ever gets a second root.
 """
 
 from __future__ import annotations
 
-import hashlib
 import io
+import os
 import time
 from dataclasses import dataclass, field
 
@@ -20,18 +23,18 @@ from caltrain.accountability.fingerprints import model_hash
 from caltrain.accountability.linkage import LinkageLog
 from caltrain.accountability.store import save_log
 from caltrain.accountability.tracing import Tracer
-from caltrain.crypto.errors import CryptoError
-from caltrain.enclave.protocol import trace_info
+from caltrain.enclave.consent import check_grant
+from caltrain.enclave.consortium import Member
 from caltrain.enclave.runtime import EnclaveContext, ecall
 from caltrain.enclave.wire import BuildLinkage, ForensicReply, LinkageBuilt, SuspicionQuery, TraceQuery
-from caltrain.training.enclave_side import Job, finished_job
+from caltrain.training.enclave_side import Job, finished_job, jobs, policies
 
 FORENSICS = "forensics"
 MAX_QUERY_BATCH = 4096
 
 
 class QueryRejected(AccountabilityError):
-    """A forensic query is malformed, replayed, or does not fit the model."""
+    """A forensic query is malformed or does not fit the model."""
 
 
 @dataclass
@@ -41,7 +44,6 @@ class Forensics:
     log: LinkageLog
     training: TrainingSet
     methods: dict[str, AttributionMethod] = field(default_factory=dict)
-    seen: set[bytes] = field(default_factory=set)
 
     def method(self, name: str) -> AttributionMethod:
         if name not in self.methods:
@@ -51,10 +53,12 @@ class Forensics:
         return self.methods[name]
 
 
-def _forensics(ctx: EnclaveContext, job_id: str) -> Forensics:
+def _forensics(ctx: EnclaveContext, job_id: str, member: Member) -> Forensics:
+    """The job's forensics, for a member every training dataset's policy names as a tracer."""
     found = ctx.extensions.get(FORENSICS, {}).get(job_id)
     if not isinstance(found, Forensics):
         raise AccountabilityError(f"job {job_id!r} has no linkage log yet (build it after training)")
+    check_grant(policies(ctx, finished_job(ctx, job_id).config.datasets).items(), "tracers", member)
     return found
 
 
@@ -76,6 +80,11 @@ def build_linkage(ctx: EnclaveContext, req: BuildLinkage) -> LinkageBuilt:
     instance hash) to a Merkle-rooted log the enclave signs with the model hash and its measurement."""
     started = time.perf_counter()
     job = finished_job(ctx, req.job_id)
+    entry = jobs(ctx).get(req.job_id)
+    if entry.state != "trained":
+        raise AccountabilityError(
+            f"job {req.job_id} already has its linkage log {entry.log_id[:16]}…; a log is built once"
+        )
     if not isinstance(job.model, nn.Sequential):
         raise AccountabilityError("fingerprints need a model whose last block is its classifier (an nn.Sequential)")
     record_ids, contributors, hashes, dataset_ids, indexes = _provenance(job)
@@ -84,7 +93,8 @@ def build_linkage(ctx: EnclaveContext, req: BuildLinkage) -> LinkageBuilt:
     training = TrainingSet.build(job.model, job.x.numpy(), job.y.numpy(), contributor_ids)
     log = LinkageLog(
         ctx.identity,
-        log_id=hashlib.sha256(req.job_id.encode()).digest(),
+        log_id=os.urandom(32),
+        job_id=req.job_id,
         model_hash=model_hash(job.model),
         measurement=bytes.fromhex(ctx.measurement),
     )
@@ -98,52 +108,50 @@ def build_linkage(ctx: EnclaveContext, req: BuildLinkage) -> LinkageBuilt:
         fingerprints=training.features.fingerprints,
     )
     save_log(ctx.state_dir / "linkage" / f"{log.log_id.hex()}.sqlite", log, ctx.sealer)
+    entry.state, entry.log_id = "linked", log.log_id.hex()
+    jobs(ctx).put(entry)
     ctx.extensions.setdefault(FORENSICS, {})[req.job_id] = Forensics(log, training)
     return LinkageBuilt(statement=signed.to_dict(), records=len(log), seconds=time.perf_counter() - started)
 
 
-def _decrypt_query(ctx: EnclaveContext, forensics: Forensics, req: TraceQuery) -> tuple[np.ndarray, np.ndarray | None]:
-    digest = hashlib.sha256(req.ciphertext).digest()
-    if digest in forensics.seen:
-        raise QueryRejected("this encrypted query was already answered (replay)")
+def _read_query(forensics: Forensics, req: TraceQuery) -> tuple[np.ndarray, np.ndarray | None]:
     try:
-        raw = ctx.hpke.open(req.ciphertext, trace_info(req.job_id))
-        with np.load(io.BytesIO(raw), allow_pickle=False) as data:
+        with np.load(io.BytesIO(req.inputs), allow_pickle=False) as data:
             x = np.asarray(data["x"], dtype=np.float32)
             predicted = np.asarray(data["predicted"], dtype=np.int64) if "predicted" in data else None
-    except CryptoError:
-        raise QueryRejected("query does not decrypt for this enclave and job (wrong key, job or tampered)") from None
-    except (ValueError, KeyError, OSError) as exc:
+    except (ValueError, KeyError, OSError, EOFError) as exc:
         raise QueryRejected(f"query must be an .npz with float array 'x' (and int 'predicted'): {exc}") from None
     expected = tuple(forensics.training.x.shape[1:])
     if x.ndim != 4 or tuple(x.shape[1:]) != expected or not 1 <= len(x) <= MAX_QUERY_BATCH:
         raise QueryRejected(f"query inputs must be 1..{MAX_QUERY_BATCH} images of shape {expected}, got {x.shape}")
+    if not np.isfinite(x).all():
+        raise QueryRejected("query inputs hold NaN or infinity")
     if predicted is not None and (
         predicted.shape != (len(x),) or predicted.min() < 0 or predicted.max() >= forensics.training.num_classes
     ):
         raise QueryRejected("'predicted' must hold one class index per input")
-    forensics.seen.add(digest)
     return x, predicted
 
 
 @ecall(TraceQuery)
-def trace(ctx: EnclaveContext, req: TraceQuery) -> ForensicReply:
-    """Rank the training records labelled with each input's prediction; answers carry inclusion proofs."""
-    forensics = _forensics(ctx, req.job_id)
+def trace(ctx: EnclaveContext, req: TraceQuery, member: Member) -> ForensicReply:
+    """Rank the training records labelled with each input's prediction; answers carry inclusion proofs. The whole
+    report (job, method, k, answers, blame, the log statement) is what the dispatcher signs for the auditor."""
+    forensics = _forensics(ctx, req.job_id, member)
     if not 1 <= req.k <= 100:
         raise QueryRejected(f"k must be 1..100, got {req.k}")
-    x, predicted = _decrypt_query(ctx, forensics, req)
+    x, predicted = _read_query(forensics, req)
     method = forensics.method(req.method)
     queries = QueryBatch.build(forensics.training, x, predicted)
     report = Tracer(forensics.log, method, forensics.training.y).trace(queries, k=req.k).to_dict()
-    report["statement"] = forensics.log.signed.to_dict()
+    report.update(job_id=req.job_id, k=req.k, statement=forensics.log.signed.to_dict())
     return ForensicReply(report=report)
 
 
 @ecall(SuspicionQuery)
-def suspicion(ctx: EnclaveContext, req: SuspicionQuery) -> ForensicReply:
+def suspicion(ctx: EnclaveContext, req: SuspicionQuery, member: Member) -> ForensicReply:
     """Every training instance ranked by the method's suspicion score, most suspicious first."""
-    forensics = _forensics(ctx, req.job_id)
+    forensics = _forensics(ctx, req.job_id, member)
     scores = forensics.method(req.method).suspicion()
     if scores is None:
         raise QueryRejected(f"method {req.method!r} has no dataset-level suspicion score")
@@ -158,4 +166,6 @@ def suspicion(ctx: EnclaveContext, req: SuspicionQuery) -> ForensicReply:
         }
         for i in order
     ]
-    return ForensicReply(report={"method": req.method, "ranking": ranking, "statement": forensics.log.signed.to_dict()})
+    report = {"job_id": req.job_id, "method": req.method, "ranking": ranking,
+              "statement": forensics.log.signed.to_dict()}
+    return ForensicReply(report=report)

@@ -1,9 +1,9 @@
 """The linkage log: which contributor supplied which training instance, committed under an enclave signature.
 
 Each record's canonical leaf encoding (position, record id, contributor, label, instance hash, dataset id and
-index, fingerprint digest) goes into an RFC 6962 Merkle tree; the enclave signs {log id, root, count, model hash,
-measurement}. A proof for one record therefore lets anyone holding the enclave's public key check, offline, that the
-record was committed at that position for that contributor, and lets the participant check the instance hash
+index, fingerprint digest) goes into an RFC 6962 Merkle tree; the enclave signs {log id, job id, root, count, model
+hash, measurement}. A proof for one record therefore lets anyone holding the enclave's public key check, offline,
+that the record was committed at that position for that contributor, and lets the participant check the instance hash
 against its own receipt. The fingerprint is committed by digest only, so proofs do not reveal embeddings.
 """
 
@@ -34,7 +34,7 @@ from caltrain.crypto.merkle import InclusionProof, MerkleTree, merkle_root, veri
 from caltrain.crypto.signing import Identity, verify_signature
 
 _RECORD_TAG = b"caltrain/linkage-record/v1"
-_STATEMENT_TAG = b"caltrain/linkage-statement/v1"
+_STATEMENT_TAG = b"caltrain/linkage-statement/v2"
 HASH_BYTES = 32
 
 
@@ -151,17 +151,19 @@ class PublicRecord:
 
 @dataclass(frozen=True)
 class LogStatement:
-    """What the enclave signs: this log (id), its size and root, the model it fingerprints, the enclave's code."""
+    """What the enclave signs: this log (id), the job it belongs to, its size and root, the model it fingerprints,
+    the enclave's code."""
 
     log_id: bytes
+    job_id: str
     count: int
     root: bytes
     model_hash: bytes
     measurement: bytes
 
     def message(self) -> bytes:
-        return _frame(_STATEMENT_TAG, self.log_id, struct.pack(">Q", self.count), self.root, self.model_hash,
-                      self.measurement)
+        return _frame(_STATEMENT_TAG, self.log_id, self.job_id.encode(), struct.pack(">Q", self.count), self.root,
+                      self.model_hash, self.measurement)
 
 
 @dataclass(frozen=True)
@@ -174,8 +176,12 @@ class SignedStatement:
     def sign(cls, statement: LogStatement, identity: Identity) -> SignedStatement:
         return cls(statement, identity.public_key, identity.sign(statement.message()))
 
-    def verify(self, enclave_key: bytes, *, measurement: bytes | None = None, model_hash: bytes | None = None) -> None:
-        """Raise `StatementInvalid` unless signed by `enclave_key` (and for this measurement / model, if given)."""
+    def verify(
+        self, enclave_key: bytes, *, measurement: bytes | None = None, model_hash: bytes | None = None,
+        job_id: str | None = None,
+    ) -> None:
+        """Raise `StatementInvalid` unless signed by `enclave_key` (and for this measurement / model / job, if
+        given)."""
         if self.signer != enclave_key:
             raise StatementInvalid("log statement is signed by another key than the enclave's")
         try:
@@ -186,19 +192,24 @@ class SignedStatement:
             raise StatementInvalid("log statement was made by an enclave with another measurement")
         if model_hash is not None and self.statement.model_hash != model_hash:
             raise StatementInvalid("log statement is for another model")
+        if job_id is not None and self.statement.job_id != job_id:
+            raise StatementInvalid(f"log statement belongs to job {self.statement.job_id!r}, not {job_id!r}")
 
     def to_dict(self) -> dict[str, Any]:
         s = self.statement
         return {
-            "log_id": s.log_id.hex(), "count": s.count, "root": s.root.hex(), "model_hash": s.model_hash.hex(),
+            "log_id": s.log_id.hex(), "job_id": s.job_id, "count": s.count, "root": s.root.hex(),
+            "model_hash": s.model_hash.hex(),
             "measurement": s.measurement.hex(), "signer": self.signer.hex(), "signature": self.signature.hex(),
         }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SignedStatement:
         try:
-            st = LogStatement(bytes.fromhex(d["log_id"]), int(d["count"]), bytes.fromhex(d["root"]),
-                              bytes.fromhex(d["model_hash"]), bytes.fromhex(d["measurement"]))
+            st = LogStatement(
+                bytes.fromhex(d["log_id"]), str(d["job_id"]), int(d["count"]), bytes.fromhex(d["root"]),
+                bytes.fromhex(d["model_hash"]), bytes.fromhex(d["measurement"]),
+            )
             return cls(st, bytes.fromhex(d["signer"]), bytes.fromhex(d["signature"]))
         except (KeyError, TypeError, ValueError) as exc:
             raise StatementInvalid(f"malformed log statement: {exc!r}") from None
@@ -241,6 +252,7 @@ def verify_linkage_proof(
     enclave_key: bytes,
     *,
     measurement: bytes | None = None,
+    job_id: str | None = None,
     instance_hash: bytes | None = None,
     contributor: str | None = None,
     receipt_root: bytes | None = None,
@@ -252,7 +264,7 @@ def verify_linkage_proof(
     `record.dataset_index`), the instance hash is also shown to be one the participant committed to at upload.
     """
     try:
-        proof.statement.verify(enclave_key, measurement=measurement)
+        proof.statement.verify(enclave_key, measurement=measurement, job_id=job_id)
     except StatementInvalid as exc:
         raise LinkageProofInvalid(f"statement: {exc}") from None
     st, rec = proof.statement.statement, proof.record
@@ -278,9 +290,11 @@ def verify_linkage_proof(
 class LinkageLog:
     """Append-only, in-enclave log over columns (fingerprints as one N×D array for search); signs after appends."""
 
-    def __init__(self, identity: Identity, *, log_id: bytes, model_hash: bytes, measurement: bytes) -> None:
+    def __init__(
+        self, identity: Identity, *, log_id: bytes, job_id: str, model_hash: bytes, measurement: bytes
+    ) -> None:
         self._identity = identity
-        self.log_id, self.model_hash, self.measurement = log_id, model_hash, measurement
+        self.log_id, self.job_id, self.model_hash, self.measurement = log_id, job_id, model_hash, measurement
         self._records: list[LinkageRecord] = []
         self._tree = MerkleTree([])
         self.signed = self._sign()
@@ -289,7 +303,9 @@ class LinkageLog:
         return len(self._records)
 
     def _sign(self) -> SignedStatement:
-        st = LogStatement(self.log_id, len(self._records), self._tree.root, self.model_hash, self.measurement)
+        st = LogStatement(
+            self.log_id, self.job_id, len(self._records), self._tree.root, self.model_hash, self.measurement
+        )
         return SignedStatement.sign(st, self._identity)
 
     def append(
@@ -347,7 +363,7 @@ class LinkageLog:
         leaves = [r.leaf() for r in records]
         if trusted is not None:
             check_not_rolled_back(signed, trusted, leaves)
-        log = cls(identity, log_id=st.log_id, model_hash=st.model_hash, measurement=st.measurement)
+        log = cls(identity, log_id=st.log_id, job_id=st.job_id, model_hash=st.model_hash, measurement=st.measurement)
         log._records = list(records)
         log._tree = MerkleTree(leaves)
         if log._tree.root != st.root:

@@ -8,6 +8,7 @@ demo checks both gave the same model and writes report.json.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import shutil
@@ -23,20 +24,24 @@ from sklearn.metrics import roc_auc_score
 from caltrain.accountability.attacks import FLIP_PAIRS, badnets_trigger
 from caltrain.attestation import Policy
 from caltrain.data.datasets import ArrayDataset, DatasetUnavailable, load_dataset, split_among
-from caltrain.enclave.consortium import Consortium, Member, Role
+from caltrain.enclave.consent import ApprovedModel, DataUsePolicy, Grantees
+from caltrain.enclave.consortium import Consortium, DatasetSchema, Role
 from caltrain.enclave.manifest import EnclaveConfig, measure
+from caltrain.enclave.wire import ForensicReply
 from caltrain.errors import CaltrainError
 from caltrain.exposure.assess import assess
 from caltrain.models import build_model, spec_for_dataset
 from caltrain.service.client import CaltrainClient, draft_policy
 from caltrain.service.loopback import LoopbackServer
-from caltrain.service.participant import ParticipantHome
+from caltrain.service.participant import MemberHome
 from caltrain.training.config import TrainConfig
+from caltrain.training.core import architecture_hash
 from caltrain.training.plain import train_plain
 
 MARKER = ".caltrain-demo"
 PARTICIPANTS = ("hospital-a", "hospital-b", "lab-c", "clinic-d")
-AUDITOR = "auditor"
+AUDITOR = "auditor"  # the consortium's auditor, also its model owner (starts the job, receives the model)
+FRONTNET_LAYERS = 2
 BACKDOOR = "lab-c"  # plants a BadNets backdoor: trigger patch + relabel to TARGET
 FLIPPER = "clinic-d"  # a sloppy participant: relabels FLIP_FROM as FLIP_TO
 TARGET, POISON_PER_CLASS = 0, 5
@@ -93,6 +98,17 @@ def say(text: str) -> None:
     print(text, flush=True)
 
 
+def demo_consent(model: str) -> DataUsePolicy:
+    """What the demo's participants agree to (instead of `caltrain pack`'s cautious default): this one
+    architecture, at least the first two blocks inside the enclave, the auditor may trace and may receive the
+    trained FrontNet and seed (for the demo's bit-identical parity check), owners may deploy."""
+    return DataUsePolicy(
+        models=[ApprovedModel(name=model, architecture=architecture_hash(model))],
+        min_frontnet_blocks=FRONTNET_LAYERS,
+        frontnet_recipients=Grantees(members=[AUDITOR]),
+    )
+
+
 def demo_data(name: str, records: int, seed: int) -> tuple[ArrayDataset, ArrayDataset]:
     try:
         train, test = load_dataset(name)
@@ -120,15 +136,17 @@ def run(args: argparse.Namespace) -> int:
 
     train, test = demo_data(args.dataset, args.records, args.seed)
     shares = poisoned_shares(train, args.seed)
-    homes = {n: ParticipantHome.init(out / "participants" / n, n) for n in (*PARTICIPANTS, AUDITOR)}
+    homes = {n: MemberHome.init(out / "participants" / n, n) for n in (*PARTICIPANTS, AUDITOR)}
+    roles = {n: frozenset({Role.PARTICIPANT}) for n in PARTICIPANTS} | {AUDITOR: frozenset({Role.AUDITOR, Role.OWNER})}
     consortium = Consortium(
-        tuple(
-            Member(n, Role.AUDITOR if n == AUDITOR else Role.PARTICIPANT, h.identity.public_key)
-            for n, h in homes.items()
-        )
+        tuple(homes[n].member(roles[n]) for n in homes),
+        DatasetSchema(tuple(train.sample_shape), train.num_classes, (0.0, 1.0)),
     )
     consortium.save(out / "consortium.json")
-    say(f"1. consortium of {len(PARTICIPANTS)} participants + 1 auditor -> {out / 'consortium.json'}")
+    say(
+        f"1. consortium of {len(PARTICIPANTS)} participants + 1 auditor (also the model owner) and the dataset "
+        f"schema {list(train.sample_shape)}, {train.num_classes} classes -> {out / 'consortium.json'}"
+    )
 
     containers: dict[str, Path] = {}
     participants: list[dict[str, Any]] = []
@@ -148,6 +166,12 @@ def run(args: argparse.Namespace) -> int:
         )
     eval_path = out / "participants" / PARTICIPANTS[0] / "eval.ctd"
     homes[PARTICIPANTS[0]].pack(test, eval_path, dataset_id="heldout-eval")
+    model_name = spec_for_dataset(args.dataset).name
+    for name in PARTICIPANTS:
+        consent = demo_consent(model_name)
+        consent.save(homes[name].policy_path(f"{name}-train"))
+        if name == PARTICIPANTS[0]:
+            consent.model_copy(update={"evaluation": True}).save(homes[name].policy_path("heldout-eval"))
     say(
         f"2. each participant packed its share ({', '.join(str(p['records']) for p in participants)} records), "
         f"encrypted with AES-256-GCM and signed; {BACKDOOR} hid a BadNets backdoor "
@@ -170,7 +194,7 @@ def _protocol(
     args: argparse.Namespace,
     out: Path,
     server: LoopbackServer,
-    homes: dict[str, ParticipantHome],
+    homes: dict[str, MemberHome],
     containers: dict[str, Path],
     eval_path: Path,
     participants: list[dict[str, Any]],
@@ -187,45 +211,52 @@ def _protocol(
     policy.save(out / "policy.json")
     say(f"3. server at {server.url}: enclave measurement {expected[:16]}… matches this source tree")
 
+    policy = Policy.load(out / "policy.json")
     for name in PARTICIPANTS:
         uploads = [(containers[name], f"{name}-train")]
         if name == PARTICIPANTS[0]:
             uploads.append((eval_path, "heldout-eval"))
-        with CaltrainClient(server.url, identity=homes[name].identity, name=name) as client:
+        with CaltrainClient(server.url, home=homes[name]) as client:
             for path, dataset_id in uploads:
-                result = client.submit(
-                    path.read_bytes(), homes[name].data_key(dataset_id), Policy.load(out / "policy.json")
-                )
-                assert result["merkle_root"] == homes[name].receipt(dataset_id).merkle_root.hex()
-                homes[name].remember_enclave(dataset_id, result["enclave"])
+                consent = homes[name].policy(dataset_id)
+                receipt, enclave = client.submit(path.read_bytes(), homes[name].data_key(dataset_id), policy, consent)
+                mine = homes[name].receipt(dataset_id)
+                if (receipt.merkle_root, receipt.policy_digest) != (mine.merkle_root.hex(), consent.digest):
+                    raise CaltrainError(f"the enclave's signed receipt for {dataset_id} does not match the upload")
+                homes[name].remember_enclave(dataset_id, enclave.identity())
     say(
         "4. every participant attested the enclave (fresh nonce, policy), wrapped its data key to the enclave "
-        "key with HPKE and uploaded; the enclave verified and ingested all containers"
+        "key with HPKE and uploaded it with its signed data-use policy; the enclave verified every container "
+        "against the consortium's schema, ingested it and signed a receipt each participant checked"
     )
 
     spec = spec_for_dataset(args.dataset)
     config = TrainConfig(
         model=spec.name,
-        frontnet_layers=2,
+        frontnet_layers=FRONTNET_LAYERS,
         epochs=epochs,
         batch_size=64,
         lr=0.05,
-        seed=args.seed,
-        datasets=[p["dataset_id"] for p in participants],
-        eval_datasets=["heldout-eval"],
+        datasets=[f"{p['name']}/{p['dataset_id']}" for p in participants],
+        eval_datasets=[f"{PARTICIPANTS[0]}/heldout-eval"],
     )
     (out / "train.json").write_text(json.dumps(config.to_dict(), indent=2))
     auditor = homes[AUDITOR]
-    with CaltrainClient(server.url, identity=auditor.identity, name=auditor.name) as client:
-        job = client.start_job(config)
+    with CaltrainClient(server.url, home=auditor) as client:
+        created = client.start_job(config, policy)
+        job = {"job_id": created.job_id}
         say(
-            f"5. training {spec.name} partitioned (FrontNet = first {config.frontnet_layers} blocks in the enclave, "
-            f"{epochs} epochs) and plainly, side by side"
+            f"5. the enclave admitted job {created.job_id[:16]}… (every dataset's policy allows it; id and seed "
+            f"drawn inside); training {spec.name} partitioned (FrontNet = first {config.frontnet_layers} blocks in "
+            f"the enclave, {epochs} epochs)"
         )
-        plain_model, plain = train_plain(config, shares.merged(), test)
-        done = client.wait_job(job["job_id"])
-        front = client.export_frontnet(job["job_id"])
-        back = client.backnet(job["job_id"])
+        done = client.wait_job(created.job_id)
+        exported = client.export_model(created.job_id, policy)
+        back = client.backnet(created.job_id)
+    front = torch.load(io.BytesIO(exported.front_state), weights_only=True)
+    say(f"   the enclave released the trained FrontNet and the seed to the auditor; training plainly with seed "
+        f"{exported.seed} to compare")
+    plain_model, plain = train_plain(config.model_copy(update={"seed": exported.seed}), shares.merged(), test)
     plain_state = plain_model.state_dict()
     protected = {**front, **back}
     identical = protected.keys() == plain_state.keys() and all(
@@ -238,6 +269,7 @@ def _protocol(
     exposure = _exposure(model, spec.name, shares, test, config, out, args.seed)
     return {
         "seed": args.seed,
+        "job_seed": exported.seed,
         "dataset": args.dataset,
         "simulated_tee": True,
         "server": {"measurement": expected, "platform": "simulated"},
@@ -305,7 +337,7 @@ def _predict(model: torch.nn.Module, x: np.ndarray) -> np.ndarray:
 def _accountability(
     url: str,
     out: Path,
-    homes: dict[str, ParticipantHome],
+    homes: dict[str, MemberHome],
     containers: dict[str, Path],
     job_id: str,
     model: torch.nn.Module,
@@ -318,26 +350,31 @@ def _accountability(
     hits = _predict(model, triggered) == TARGET
     flipped_in = test.x[test.y == FLIP_FROM]
     flip_hits = _predict(model, flipped_in) == FLIP_TO
-    poisoned = {f"{n}-train/{i}" for n in PARTICIPANTS for i in np.flatnonzero(shares.poisoned[n])}
+    poisoned = {f"{n}/{n}-train/{i}" for n in PARTICIPANTS for i in np.flatnonzero(shares.poisoned[n])}
     say(
         f"6. the backdoor works: {hits.mean():.0%} of triggered test images are classified as {TARGET}; "
         f"{flip_hits.mean():.0%} of test '{FLIP_FROM}'s come out as '{FLIP_TO}'"
     )
 
     auditor = homes[AUDITOR]
-    with CaltrainClient(url, identity=auditor.identity, name=auditor.name) as client:
+    signed: dict[str, Any] = {}
+    with CaltrainClient(url, home=auditor) as client:
 
         def trace(inputs: np.ndarray, predicted: int, method: str = "ours") -> dict[str, Any]:
             x = inputs[:50]
             if not len(x):  # the attack produced no misprediction to trace
                 return {"method": method, "answers": [], "contributors": []}
-            return client.trace(job_id, x, policy, predicted=np.full(len(x), predicted), k=10, method=method)
+            answer = client.trace(job_id, x, policy, predicted=np.full(len(x), predicted), k=10, method=method)
+            assert isinstance(answer.reply, ForensicReply)
+            signed[method] = answer.to_json()
+            return answer.reply.report
 
         backdoor = trace(triggered[hits], TARGET)
+        backdoor_doc = {"report": backdoor, **signed["ours"]} if backdoor["answers"] else None
         seed = trace(triggered[hits], TARGET, "caltrain-knn")
         flips = trace(flipped_in[flip_hits], FLIP_TO) if flip_hits.any() else None
-        ranking = client.suspicion(job_id)["ranking"]
-    (out / "trace-backdoor.json").write_text(json.dumps(backdoor, indent=2))
+        ranking = client.suspicion(job_id, policy)["ranking"]
+    (out / "trace-backdoor.json").write_text(json.dumps(backdoor_doc, indent=2))
 
     def precision(report: dict[str, Any]) -> float:
         hits = [np.mean([r["record"]["record_id"] in poisoned for r in a["records"]]) for a in report["answers"]]
@@ -347,7 +384,7 @@ def _accountability(
     auroc = float(roc_auc_score(truth, [r["score"] for r in ranking]))
     named = backdoor["contributors"][0]["contributor"] if backdoor["contributors"] else None
     named_flip = flips["contributors"][0]["contributor"] if flips and flips["contributors"] else None
-    verified = homes[BACKDOOR].verify_trace(backdoor, [containers[BACKDOOR]])
+    verified = homes[BACKDOOR].verify_trace(backdoor_doc, [containers[BACKDOOR]]) if backdoor_doc else 0
     say(
         f"7. auditor traced {len(backdoor['answers'])} triggered mispredictions inside the enclave: "
         f"precision@10 {precision(backdoor):.2f} (paper's kNN: {precision(seed):.2f}); most blamed: {named}"

@@ -10,10 +10,11 @@ import torch
 
 from caltrain.attestation import Policy
 from caltrain.data.datasets import as_images
+from caltrain.enclave.wire import to_json
 from caltrain.errors import DataError, InferenceError
 from caltrain.service.client import pretty
 from caltrain.service.inference_client import InferenceClient
-from caltrain.service.participant import ParticipantHome
+from caltrain.service.participant import MemberHome
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -40,8 +41,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def deploy(args: argparse.Namespace) -> int:
-    home = ParticipantHome.load(args.home)
-    with InferenceClient(args.server, Policy.load(args.policy), identity=home.identity, name=home.name) as client:
+    home = MemberHome.load(args.home)
+    with InferenceClient(args.server, Policy.load(args.policy), home=home) as client:
         if args.job:
             info = client.deploy_job(args.model_id, args.job)
         else:
@@ -50,7 +51,7 @@ def deploy(args: argparse.Namespace) -> int:
             saved = torch.load(args.weights, weights_only=True)
             info = client.deploy_external(args.model_id, saved["model"], args.m, saved["state_dict"],
                                           ternary=args.ternary)
-    print(pretty(info))
+    print(pretty(to_json(info)))
     return 0
 
 

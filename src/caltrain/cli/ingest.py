@@ -8,15 +8,20 @@ from pathlib import Path
 from caltrain.attestation import Policy, Verifier
 from caltrain.crypto.container import read_header
 from caltrain.data.datasets import load_dataset
-from caltrain.enclave.consortium import Consortium, Member, Role
+from caltrain.enclave.consent import DataUsePolicy
+from caltrain.enclave.consortium import Consortium, DatasetSchema, Role
+from caltrain.enclave.wire import to_json
+from caltrain.errors import DataError
 from caltrain.service.client import CaltrainClient, draft_policy, pretty
-from caltrain.service.participant import ParticipantHome
+from caltrain.service.participant import MemberHome
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("participant", help="manage a participant identity")
     psub = p.add_subparsers(dest="action", required=True)
-    init = psub.add_parser("init", help="create an Ed25519 identity in HOME and print its public key")
+    init = psub.add_parser(
+        "init", help="create a member's keys in HOME (Ed25519 to sign, X25519 to receive answers); print them"
+    )
     init.add_argument("--home", type=Path, required=True)
     init.add_argument("--name", required=True)
     init.set_defaults(func=participant_init)
@@ -26,10 +31,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     add = csub.add_parser("add", help="add (or update) the member whose home is HOME")
     add.add_argument("--file", type=Path, required=True)
     add.add_argument("--home", type=Path, required=True)
-    add.add_argument("--role", choices=[r.value for r in Role], required=True)
+    add.add_argument(
+        "--role", choices=[r.value for r in Role], action="append", required=True,
+        help="participant (contributes data), owner (starts jobs, deploys), auditor (forensics); repeatable",
+    )
     add.set_defaults(func=consortium_add)
+    schema = csub.add_parser("schema", help="declare what every dataset's records must be (checked by the enclave)")
+    schema.add_argument("--file", type=Path, required=True)
+    schema.add_argument("--shape", required=True, help="sample shape, e.g. 1,8,8 (channels, height, width)")
+    schema.add_argument("--classes", type=int, required=True, help="number of classes: labels are 0..N-1")
+    schema.add_argument("--range", default="0,1", help="allowed value range LOW,HIGH (default: 0,1)")
+    schema.set_defaults(func=consortium_schema)
 
-    pack = sub.add_parser("pack", help="encrypt and sign a dataset into a container")
+    pack = sub.add_parser(
+        "pack", help="encrypt and sign a dataset into a container; write a default data-use policy to review"
+    )
     pack.add_argument("--home", type=Path, required=True)
     pack.add_argument("--data", required=True, help=".npz with arrays x and y, or a dataset name (digits, ...)")
     pack.add_argument("--out", type=Path, required=True)
@@ -46,6 +62,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     sb.add_argument("--server", required=True)
     sb.add_argument("--policy", type=Path, required=True)
     sb.add_argument("--container", type=Path, required=True)
+    sb.add_argument(
+        "--data-policy", type=Path, help="data-use policy to sign with the upload (default: the one pack wrote)"
+    )
     sb.set_defaults(func=submit_cmd)
 
     st = sub.add_parser("status", help="datasets ingested by the server (JSON)")
@@ -54,27 +73,51 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def participant_init(args: argparse.Namespace) -> int:
-    home = ParticipantHome.init(args.home, args.name)
-    print(home.identity.public_key.hex())
+    home = MemberHome.init(args.home, args.name)
+    print(f"signing key     {home.identity.public_key.hex()}")
+    print(f"encryption key  {home.encryption.public_bytes.hex()}")
     return 0
 
 
 def consortium_add(args: argparse.Namespace) -> int:
-    home = ParticipantHome.load(args.home)
+    home = MemberHome.load(args.home)
     consortium = Consortium.load(args.file) if args.file.exists() else Consortium()
-    consortium = consortium.with_member(Member(home.name, Role(args.role), home.identity.public_key))
+    consortium = consortium.with_member(home.member(frozenset(Role(r) for r in args.role)))
     consortium.save(args.file)
-    print(f"{home.name} ({args.role}) -> {args.file}: {len(consortium.members)} members")
+    print(f"{home.name} ({', '.join(sorted(set(args.role)))}) -> {args.file}: {len(consortium.members)} members")
+    return 0
+
+
+def _floats(text: str, what: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",")]
+    except ValueError:
+        raise DataError(f"{what} {text!r} must be comma-separated numbers") from None
+
+
+def consortium_schema(args: argparse.Namespace) -> int:
+    shape = [int(v) for v in _floats(args.shape, "--shape")]
+    bounds = _floats(args.range, "--range")
+    if len(bounds) != 2:
+        raise DataError(f"--range {args.range!r} must be LOW,HIGH")
+    low, high = bounds
+    consortium = Consortium.load(args.file) if args.file.exists() else Consortium()
+    schema = DatasetSchema(tuple(shape), args.classes, (low, high))
+    consortium.with_schema(schema).save(args.file)
+    print(f"dataset schema -> {args.file}: {schema.to_json()}")
     return 0
 
 
 def pack_cmd(args: argparse.Namespace) -> int:
-    home = ParticipantHome.load(args.home)
+    home = MemberHome.load(args.home)
     train, _ = load_dataset(args.data)
     receipt = home.pack(train, args.out, dataset_id=args.dataset_id)
     print(
         f"packed {receipt.record_count} records of {train.name} as dataset {receipt.dataset_id} -> {args.out}\n"
-        f"commitment (Merkle root): {receipt.merkle_root.hex()}"
+        f"commitment (Merkle root): {receipt.merkle_root.hex()}\n"
+        f"data-use policy to review before `caltrain submit`: {home.policy_path(receipt.dataset_id)}\n"
+        "  (default: the whole model stays in the enclave, no evaluation use, auditors may trace, nobody receives\n"
+        "  the FrontNet; see docs/security.md)"
     )
     return 0
 
@@ -98,23 +141,31 @@ def policy_cmd(args: argparse.Namespace) -> int:
 
 
 def submit_cmd(args: argparse.Namespace) -> int:
-    home = ParticipantHome.load(args.home)
-    container = args.container.read_bytes()
+    home = MemberHome.load(args.home)
+    try:
+        container = args.container.read_bytes()
+    except OSError as exc:
+        raise DataError(f"cannot read container {args.container}: {exc.strerror}") from None
     header, _ = read_header(container)
     receipt = home.receipt(header.dataset_id)
-    with CaltrainClient(args.server, identity=home.identity, name=home.name) as client:
-        result = client.submit(container, home.data_key(header.dataset_id), Policy.load(args.policy))
-    ok = result["merkle_root"] == receipt.merkle_root.hex() and result["record_count"] == receipt.record_count
-    home.remember_enclave(receipt.dataset_id, result["enclave"])
+    consent = DataUsePolicy.load(args.data_policy) if args.data_policy else home.policy(header.dataset_id)
+    with CaltrainClient(args.server, home=home) as client:
+        ingested, enclave = client.submit(
+            container, home.data_key(header.dataset_id), Policy.load(args.policy), consent
+        )
+    ok = (ingested.merkle_root, ingested.record_count, ingested.policy_digest) == (
+        receipt.merkle_root.hex(), receipt.record_count, consent.digest,
+    )
+    home.remember_enclave(receipt.dataset_id, enclave.identity())
     mine = {
         "dataset_id": receipt.dataset_id,
         "participant": receipt.participant_id,
         "record_count": receipt.record_count,
         "merkle_root": receipt.merkle_root.hex(),
-        "signature": receipt.signature.hex(),
+        "policy_digest": consent.digest,
     }
-    print(pretty({"receipt": mine, "ingested": result, "commitment_matches": ok}))
-    print(f"receipt kept in {home.root / 'receipts' / (receipt.dataset_id + '.json')}")
+    print(pretty({"receipt": mine, "enclave_signed": to_json(ingested), "commitment_matches": ok}))
+    print(f"the enclave signed this receipt; your copy is in {home.root / 'receipts'}")
     return 0 if ok else 1
 
 

@@ -11,9 +11,10 @@ import numpy as np
 
 from caltrain.attestation import Policy
 from caltrain.data.datasets import as_images
+from caltrain.enclave.wire import ForensicReply
 from caltrain.errors import DataError
 from caltrain.service.client import CaltrainClient
-from caltrain.service.participant import ParticipantHome
+from caltrain.service.participant import MemberHome
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -74,21 +75,30 @@ def _print_report(report: dict[str, Any]) -> None:
 
 
 def trace(args: argparse.Namespace) -> int:
-    home = ParticipantHome.load(args.home)
+    home = MemberHome.load(args.home)
     x, predicted = _load_inputs(args.input, args.predicted)
-    with CaltrainClient(args.server, identity=home.identity, name=home.name) as client:
-        report = client.trace(args.job, x, Policy.load(args.policy), predicted=predicted, k=args.k, method=args.method)
-    args.out.write_text(json.dumps(report, indent=2))
+    with CaltrainClient(args.server, home=home) as client:
+        answer = client.trace(args.job, x, Policy.load(args.policy), predicted=predicted, k=args.k, method=args.method)
+    assert isinstance(answer.reply, ForensicReply)
+    report = answer.reply.report
+    args.out.write_text(json.dumps({"report": report, **answer.to_json()}, indent=2))
     _print_report(report)
-    print(f"every proof verified against the enclave-signed log root; report -> {args.out}")
+    print(
+        f"the enclave signed this report for your query, its log statement is job {args.job}'s, and every proof "
+        f"verified against that signed log root; report -> {args.out}"
+    )
     return 0
 
 
 def verify_proofs(args: argparse.Namespace) -> int:
-    home = ParticipantHome.load(args.home)
-    checked = home.verify_trace(json.loads(args.trace.read_text()), args.container)
+    home = MemberHome.load(args.home)
+    try:
+        trace_doc = json.loads(args.trace.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise DataError(f"cannot read trace report {args.trace}: {exc}") from None
+    checked = home.verify_trace(trace_doc, args.container)
     print(
-        f"{checked} answer records naming {home.name} verified: each is in the enclave-signed log and is an "
-        "instance you committed to at upload"
+        f"the report is signed by the enclave you submitted to; {checked} answer records naming {home.name} "
+        "verified: each is in that job's enclave-signed log and is an instance you committed to at upload"
     )
     return 0

@@ -1,13 +1,16 @@
-"""The participant data container, format version 1 (DESIGN.md §3).
+"""The participant data container, format version 2.
 
-    magic b"CTD\\x01" | u32 header length | canonical JSON header | Ed25519 signature (64) | chunks
+    magic b"CTD\\x02" | u32 header length | canonical JSON header | Ed25519 signature (64) | chunks
     chunk = u32 length | nonce (12) | AES-256-GCM ciphertext + tag
     chunk plaintext = records, each `i64 big-endian label || payload`
 
 The participant signs the header, which commits to the record count, the layout and the RFC 6962 Merkle root
-over the records' commitments. Each chunk's associated data binds the hash of the signed header (hence dataset
-id, participant id and root), the chunk index and the chunk count, so reordering, truncation, splicing between
-containers and replay into another dataset all fail authentication or the count checks. Opening is all or
+over the records' commitments. A commitment is salted with a secret derived from the data key and bound to the
+record's index (`caltrain.crypto.hashing.record_commitment`), so only the participant and the enclave can link a
+commitment to a record, and equal records never share one. Each chunk's associated data binds the hash of the
+signed header (hence dataset id, participant id and root), the chunk index and the chunk count, so reordering,
+truncation, splicing between containers and replay into another dataset all fail authentication or the count
+checks. Opening is all or
 nothing: records are handed out only after every chunk decrypted and the recomputed root matched.
 """
 
@@ -26,12 +29,12 @@ import numpy as np
 
 from caltrain.crypto import aead
 from caltrain.crypto.errors import ContainerFormatError, ContainerMismatch, IntegrityError
-from caltrain.crypto.hashing import record_commitments, sha256, tagged_hash
+from caltrain.crypto.hashing import record_commitments, record_salt, sha256, tagged_hash
 from caltrain.crypto.merkle import merkle_root
 from caltrain.crypto.signing import SIGNATURE_BYTES, Identity, verify_signature
 
-FORMAT_VERSION = 1
-MAGIC = b"CTD\x01"
+FORMAT_VERSION = 2
+MAGIC = b"CTD\x02"
 MAX_HEADER_BYTES = 1 << 20
 MAX_ID_CHARS = 256
 _MAX_COUNT = 1 << 53  # JSON integers stay exact in every common parser below this
@@ -231,7 +234,7 @@ def pack_arrays(
         records_per_chunk=per_chunk,
         payload_size=payload_size,
         schema=schema,
-        merkle_root=merkle_root(record_commitments(plain, payload_size)),
+        merkle_root=merkle_root(record_commitments(plain, payload_size, record_salt(data_key))),
         created_at=(created_at or datetime.now(UTC)).astimezone(UTC).strftime(_TIME_FORMAT),
     )
     header_bytes = header.to_bytes()
@@ -399,10 +402,13 @@ def open_container(
     # record's hash hands the GIL over. On any failure `records` (possibly holding unauthenticated bytes) is
     # dropped unseen, and the lowest failing chunk's error is the one raised.
     commitments: list[bytes] = []
+    salt = record_salt(data_key)
     pool = ThreadPoolExecutor(max_workers=1)
     try:
-        for decrypted in [pool.submit(decrypt_chunk, index) for index in range(count)]:
-            commitments += record_commitments(decrypted.result(), header.payload_size)
+        for index, decrypted in enumerate([pool.submit(decrypt_chunk, index) for index in range(count)]):
+            commitments += record_commitments(
+                decrypted.result(), header.payload_size, salt, index * header.records_per_chunk
+            )
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
     if merkle_root(commitments) != header.merkle_root:

@@ -44,6 +44,18 @@ class HpkeKeyPair:
     def generate(cls) -> HpkeKeyPair:
         return cls(X25519PrivateKey.generate())
 
+    @classmethod
+    def from_private_bytes(cls, raw: bytes) -> HpkeKeyPair:
+        if len(raw) != PUBLIC_KEY_BYTES:
+            raise InvalidKey(f"X25519 private key must be {PUBLIC_KEY_BYTES} bytes, got {len(raw)}")
+        return cls(X25519PrivateKey.from_private_bytes(raw))
+
+    def private_bytes(self) -> bytes:
+        """The raw private key, for a member's own key file (the enclave's never leaves its process)."""
+        return self._private.private_bytes(
+            serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
+        )
+
     @property
     def public_bytes(self) -> bytes:
         """The 32 raw bytes senders encrypt to (and attestation evidence binds)."""

@@ -16,10 +16,11 @@ from typing import TypeVar
 import caltrain.attestation.errors
 import caltrain.crypto.errors
 import caltrain.enclave.errors  # noqa: F401  (error classes the enclave may name)
+from caltrain.enclave.authority import open_signed_reply, request_digest
 from caltrain.enclave.channel import Channel, ChannelClosed, Tap
 from caltrain.enclave.manifest import CONFIG_FILE, EnclaveConfig
 from caltrain.enclave.protocol import EnclaveKeys
-from caltrain.enclave.wire import Failure, Message, Ok, Ready, Shutdown, WireError
+from caltrain.enclave.wire import Failure, Message, Ok, Ready, Shutdown, SignedReply, WireError
 from caltrain.errors import CaltrainError, EnclaveError, error_class
 
 R = TypeVar("R", bound=Message)
@@ -121,6 +122,14 @@ class EnclaveHost:
         """Send one call and return its reply; an enclave-side failure re-raises its typed error."""
         with self.calling(msg, expect) as reply:
             return reply()
+
+    def call_member(self, msg: Message, expect: type[R]) -> tuple[SignedReply, R]:
+        """Forward a member's (not sealed) request: the enclave's signed answer, to pass on to the member, and
+        what it says (checked here too: the host needs the answer as much as the member)."""
+        signed = self.call(msg, SignedReply)
+        reply = open_signed_reply(signed, enclave_key=self.keys.signing, request=request_digest(msg, self.keys),
+                                  expect=expect)
+        return signed, reply
 
     @contextmanager
     def calling(self, msg: Message, expect: type[R]) -> Iterator[Callable[[], R]]:

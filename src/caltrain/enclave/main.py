@@ -22,8 +22,8 @@ from pathlib import Path  # noqa: E402
 
 from caltrain.enclave.boot import boot  # noqa: E402
 from caltrain.enclave.channel import Channel, ChannelClosed  # noqa: E402
-from caltrain.enclave.manifest import CONFIG_FILE, ECALL_MODULES  # noqa: E402
-from caltrain.enclave.runtime import dispatch  # noqa: E402
+from caltrain.enclave.manifest import CONFIG_FILE, ECALL_MODULES, guard_imports  # noqa: E402
+from caltrain.enclave.runtime import BOOT_HOOKS, dispatch  # noqa: E402
 from caltrain.enclave.wire import Failure, Ok, Ready, Shutdown  # noqa: E402
 from caltrain.errors import CaltrainError  # noqa: E402
 
@@ -44,10 +44,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         sock = socket.create_connection((host, int(port)), timeout=60)
         sock.settimeout(None)
     channel = Channel(sock)
+    guard_imports()  # from here on, only measured caltrain code loads
     for name in ECALL_MODULES:
         importlib.import_module(name)
     try:
         ctx = boot(state_dir=args.state, backend=args.backend, config_path=args.config or args.state / CONFIG_FILE)
+        for hook in BOOT_HOOKS:
+            hook(ctx)
     except CaltrainError as exc:  # e.g. tampered sealed state: tell the host why, then stop
         channel.send(Failure(error=type(exc).__name__, detail=str(exc)))
         return 1

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from caltrain.crypto.errors import InvalidKey
-from caltrain.crypto.hashing import sha256, tagged_hash
+from caltrain.crypto.hashing import tagged_hash
 
 KEY_BYTES = 32
 
@@ -32,27 +32,12 @@ def wrap_context(dataset_id: str, participant: str) -> bytes:
     return tagged_hash("caltrain/data-key/v1", dataset_id.encode(), participant.encode())
 
 
-def submission_digest(container: bytes, wrapped_key: bytes, enclave_keys: EnclaveKeys) -> bytes:
-    """What a participant signs to submit: this container, this wrapped key, to this attested enclave."""
-    return tagged_hash("caltrain/submit/v1", sha256(container), wrapped_key, enclave_keys.to_bytes())
-
-
-def export_info(job_id: str) -> bytes:
-    """HPKE context of an exported FrontNet: it opens only as the export of this job."""
-    return tagged_hash("caltrain/export-frontnet/v1", job_id.encode())
-
-
-def trace_info(job_id: str) -> bytes:
-    """HPKE context of a forensic query's inputs: they open only as a query against this job."""
-    return tagged_hash("caltrain/trace-query/v1", job_id.encode())
-
-
-def deploy_digest(
-    model_id: str, job_id: str, architecture: str, m: int, ternary: bool, sealed_weights: bytes, keys: EnclaveKeys
-) -> bytes:
-    """What a model owner signs to deploy: this model, cut and mode, these sealed weights, to this enclave."""
-    fields = (model_id, job_id, architecture, str(m), str(int(ternary)))
-    return tagged_hash("caltrain/deploy/v1", *(f.encode() for f in fields), sha256(sealed_weights), keys.to_bytes())
+def job_result_digest(job_id: str, steps: int, front_digest: str, back_digest: str) -> bytes:
+    """What the enclave signs when a job finishes: these exact FrontNet and BackNet weights came out of this job.
+    A model owner checks it before signing a deployment, and signs the FrontNet digest into the deployment."""
+    return tagged_hash(
+        "caltrain/job-result/v1", job_id.encode(), str(steps).encode(), front_digest.encode(), back_digest.encode()
+    )
 
 
 def weights_info(model_id: str, architecture: str, m: int, ternary: bool) -> bytes:

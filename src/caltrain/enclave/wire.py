@@ -1,4 +1,10 @@
-"""The wire schema: every message that crosses the enclave boundary, versioned and validated on receipt.
+"""The wire schema: every message that crosses the enclave boundary, who may send it, and what it answers.
+
+This module is the one table of the enclave's attack surface. Each request declares its sender (`HOST` for
+data-plane steps whose authority comes from an earlier authorized call; `members(...)` for a call that must carry
+a consortium member's signature) and its reply; `sealed` requests travel HPKE-encrypted to the enclave and are
+answered encrypted to the member who signed them. The dispatcher (`caltrain.enclave.runtime.dispatch`) enforces
+the declarations in one place; no handler checks who asks on its own.
 
 A frame is `u32 header length | JSON header | u32 blob count | (u64 length | bytes)*`. The header holds
 the message type, the schema version and every non-bytes field; `bytes` fields travel as blobs, never as
@@ -9,6 +15,8 @@ through preallocated shared memory (`caltrain.enclave.shm`), and messages only n
 
 from __future__ import annotations
 
+import base64
+import binascii
 import dataclasses
 import json
 import struct
@@ -17,9 +25,11 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar, dataclass_transform, get_type_hints
 
+from caltrain.crypto.hashing import tagged_hash
+from caltrain.enclave.consortium import Role
 from caltrain.errors import EnclaveError
 
-WIRE_VERSION = 1
+WIRE_VERSION = 2
 MAX_FRAME_BYTES = 1 << 32
 
 
@@ -28,17 +38,81 @@ class WireError(EnclaveError):
 
 
 class Message:
-    """Base of every boundary message; subclasses are frozen dataclasses registered by `message`."""
+    """Base of every boundary message; subclasses are frozen dataclasses registered by `request` or `reply`."""
 
     type_name: ClassVar[str]
 
 
+@dataclass(frozen=True)
+class Authorization:
+    """A member's signature over a request's content, bound to the attested enclave keys and a single-use id
+    (`caltrain.enclave.authority`). Travels as the `auth` field of every member-sent request."""
+
+    member: str
+    request_id: str  # hex, 16-64 bytes, chosen fresh by the member; the enclave accepts each once
+    signature: str  # hex Ed25519 signature
+
+
+@dataclass(frozen=True)
+class Host:
+    """The untrusted host may send it: a data-plane step whose authority was granted by an earlier call."""
+
+    def describe(self) -> str:
+        return "host"
+
+
+@dataclass(frozen=True)
+class Members:
+    """A consortium member holding one of `roles` must sign it."""
+
+    roles: frozenset[Role]
+
+    def describe(self) -> str:
+        return "member: " + " | ".join(sorted(r.value for r in self.roles))
+
+
+@dataclass(frozen=True)
+class Enveloped:
+    """The envelope of a sealed request: whoever the sealed request inside declares (checked after opening)."""
+
+    def describe(self) -> str:
+        return "member (per the sealed request inside)"
+
+
+Sender = Host | Members | Enveloped
+HOST = Host()
+ANY_MEMBER = Members(frozenset(Role))
+
+
+def members(*roles: Role) -> Members:
+    return Members(frozenset(roles))
+
+
+@dataclass(frozen=True)
+class Route:
+    """One request's declaration: who may send it, what it answers, whether it travels sealed, and which fields
+    the host fills in (shared-memory plumbing) and the member therefore does not sign."""
+
+    request: type[Message]
+    sender: Sender
+    reply: type[Message]
+    sealed: bool = False
+    host_fields: tuple[str, ...] = ()
+
+    @property
+    def signed(self) -> bool:
+        return isinstance(self.sender, Members)
+
+
 M = TypeVar("M", bound=type[Message])
+MsgT = TypeVar("MsgT", bound=Message)
 MESSAGES: dict[str, type[Message]] = {}
+ROUTES: dict[type[Message], Route] = {}
+REPLIES: set[type[Message]] = set()
 
 
 @dataclass_transform(frozen_default=True, field_specifiers=(field,))
-def message(cls: M) -> M:
+def _message(cls: M) -> M:
     """Register a message class under its class name and make it a frozen dataclass."""
     dc = dataclass(frozen=True)(cls)
     dc.type_name = cls.__name__
@@ -48,10 +122,39 @@ def message(cls: M) -> M:
     return cls
 
 
+@dataclass_transform(frozen_default=True, field_specifiers=(field,))
+def reply(cls: M) -> M:
+    """Declare a message the enclave sends (an answer, or a lifecycle frame)."""
+    _message(cls)
+    REPLIES.add(cls)
+    return cls
+
+
+@dataclass_transform(frozen_default=True, field_specifiers=(field,))
+def request(
+    *, sender: Sender, answer: type[Message], sealed: bool = False, host_fields: tuple[str, ...] = ()
+) -> typing.Callable[[M], M]:
+    """Declare a message the enclave receives: who may send it and what it answers."""
+
+    def declare(cls: M) -> M:
+        _message(cls)
+        names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        if isinstance(sender, Members) != ("auth" in names):
+            raise TypeError(f"{cls.__name__}: a member-sent request has an `auth` field, a host-sent one has none")
+        if sealed and not isinstance(sender, Members):
+            raise TypeError(f"{cls.__name__}: only member-sent requests travel sealed")
+        if not set(host_fields) <= names - {"auth"}:
+            raise TypeError(f"{cls.__name__}: host fields {host_fields} are not all fields")
+        ROUTES[cls] = Route(cls, sender, answer, sealed, host_fields)
+        return cls
+
+    return declare
+
+
 # --- lifecycle -------------------------------------------------------------------------------------------
 
 
-@message
+@reply
 class Ready(Message):
     """First frame from a started enclave: what it is and the keys it generated inside."""
 
@@ -62,17 +165,12 @@ class Ready(Message):
     simulated: bool
 
 
-@message
-class Shutdown(Message):
-    pass
-
-
-@message
+@reply
 class Ok(Message):
     pass
 
 
-@message
+@reply
 class Failure(Message):
     """A call failed inside the enclave; `error` names a caltrain error class the proxy re-raises."""
 
@@ -80,74 +178,115 @@ class Failure(Message):
     detail: str
 
 
+@request(sender=HOST, answer=Ok)
+class Shutdown(Message):
+    pass
+
+
+# --- envelopes: member requests the host may not read, answers only the member can ------------------------
+
+
+@reply
+class SignedReply(Message):
+    """The answer to a member's request, signed by the enclave and bound to that request's digest."""
+
+    frame: bytes  # the encoded reply message
+    request_digest: bytes
+    signature: bytes
+
+
+@reply
+class SealedReply(Message):
+    """A `SignedReply` HPKE-encrypted to the requesting member's consortium encryption key."""
+
+    ciphertext: bytes
+
+
+@request(sender=Enveloped(), answer=SealedReply)
+class SealedRequest(Message):
+    """A member request HPKE-encrypted to the enclave (`caltrain.enclave.authority.seal_request`); the
+    dispatcher opens it and authorizes what is inside, whose own route must be `sealed`."""
+
+    ciphertext: bytes
+
+
 # --- attestation -----------------------------------------------------------------------------------------
 
 
-@message
-class GetEvidence(Message):
-    nonce: bytes
-
-
-@message
+@reply
 class EvidenceReply(Message):
     platform: str
     quote: bytes
     supporting: dict[str, str]  # name -> base64
 
 
+@request(sender=HOST, answer=EvidenceReply)
+class GetEvidence(Message):
+    nonce: bytes
+
+
 # --- ingestion -------------------------------------------------------------------------------------------
 
 
-@message
-class IngestDataset(Message):
-    """A participant's upload, exactly as received: the enclave checks every part itself."""
+@reply
+class DatasetReceipt(Message):
+    """An ingested dataset, as the enclave signs it back to its participant. The timings, taken inside the
+    enclave, let benchmarks split an ingest call's cost."""
 
-    participant: str
-    container: bytes
-    wrapped_key: bytes
-    signature: bytes
-
-
-@message
-class DatasetInfo(Message):
-    """An ingested dataset; the timings, taken inside the enclave, let benchmarks split an ingest call's cost."""
-
-    dataset_id: str
+    dataset_id: str  # qualified: "participant/local id"
     participant: str
     record_count: int
     merkle_root: str
+    policy_digest: str
     schema: dict[str, Any]
     open_seconds: float  # verifying and decrypting the container
     store_seconds: float  # persisting the ciphertext container (fsync) and the sealed index
 
 
-@message
-class ListDatasets(Message):
-    pass
+@request(sender=members(Role.PARTICIPANT), answer=DatasetReceipt)
+class IngestDataset(Message):
+    """A participant's upload, exactly as received, with its signed data-use policy (canonical JSON)."""
+
+    container: bytes
+    wrapped_key: bytes
+    policy: bytes
+    auth: Authorization
 
 
-@message
+@reply
 class DatasetList(Message):
     datasets: list[dict[str, Any]] = field(default_factory=list)
+
+
+@request(sender=HOST, answer=DatasetList)
+class ListDatasets(Message):
+    """What the host already sees in the containers' plaintext headers, plus each dataset's policy digest."""
 
 
 # --- partitioned training (CalTrain) --------------------------------------------------------------------
 
 
-@message
-class TrainStart(Message):
-    """Start (or resume from the newest sealed checkpoint) a job over ingested datasets."""
+@reply
+class JobCreated(Message):
+    """A job the enclave admitted: its id (enclave randomness) and exactly what was admitted."""
 
     job_id: str
-    config: dict[str, Any]
-    ir_path: str
-    grad_path: str
-    label_path: str
-    slot_capacity: int
-    resume: bool
+    spec: dict[str, Any]
+    architecture: str  # the model spec's canonical hash
+    created_by: str
+    full_enclave: bool
 
 
-@message
+@request(sender=members(Role.OWNER), answer=JobCreated)
+class CreateJob(Message):
+    """Admit a training job over ingested datasets whose data-use policies all allow it. The seed and the job
+    id come from enclave randomness; the spec must not name a seed."""
+
+    spec: dict[str, Any]
+    auth: Authorization
+
+
+@reply
 class TrainReady(Message):
     train_records: int
     eval_records: int
@@ -155,9 +294,29 @@ class TrainReady(Message):
     total_steps: int
     next_step: int
     ir_shape: list[int]
+    full_enclave: bool
+    backnet: bytes  # the BackNet's initial weights (torch state_dict); empty in full-enclave mode
 
 
-@message
+@request(sender=HOST, answer=TrainReady)
+class TrainStart(Message):
+    """Start (or resume from the newest sealed checkpoint) an admitted job that has not finished."""
+
+    job_id: str
+    ir_path: str
+    grad_path: str
+    label_path: str
+    slot_capacity: int
+    resume: bool
+
+
+@reply
+class ForwardOut(Message):
+    batch: int
+    layout: str  # of the IR in shared memory (caltrain.enclave.shm.LAYOUTS)
+
+
+@request(sender=HOST, answer=ForwardOut)
 class FrontForward(Message):
     """Run the FrontNet on batch `index` of `phase` ("train": global step; "eval": eval batch); IR to shm."""
 
@@ -165,13 +324,14 @@ class FrontForward(Message):
     index: int
 
 
-@message
-class ForwardOut(Message):
-    batch: int
-    layout: str  # of the IR in shared memory (caltrain.enclave.shm.LAYOUTS)
+@reply
+class BackwardOut(Message):
+    checkpointed: bool
+    next_batch: int  # size of the next step's batch now in shared memory; 0 when not asked to forward
+    next_layout: str
 
 
-@message
+@request(sender=HOST, answer=BackwardOut)
 class FrontBackward(Message):
     """dL/dIR for train step `step` is in shared memory: backpropagate and update the FrontNet; with
     `forward_next`, also run the next step's forward (one hand-off per step instead of two)."""
@@ -181,14 +341,34 @@ class FrontBackward(Message):
     grad_layout: str
 
 
-@message
-class BackwardOut(Message):
+@reply
+class StepsDone(Message):
+    next_step: int
     checkpointed: bool
-    next_batch: int  # size of the next step's batch now in shared memory; 0 when not asked to forward
-    next_layout: str
 
 
-@message
+@request(sender=HOST, answer=StepsDone)
+class TrainSteps(Message):
+    """Full-enclave mode: run the next `steps` steps wholly inside (loss, labels, logits, optimizer never leave;
+    the host learns only how long it took)."""
+
+    job_id: str
+    steps: int
+
+
+@reply
+class TrainResult(Message):
+    """The finished job, with the enclave's signature over (job, FrontNet digest, BackNet digest, steps), which a
+    model owner checks before signing a deployment of it."""
+
+    job_id: str
+    steps: int
+    front_digest: str
+    back_digest: str
+    signature: bytes
+
+
+@request(sender=HOST, answer=TrainResult)
 class TrainEnd(Message):
     """Training is over: the host hands the enclave the final BackNet (public to the host anyway), so the
     enclave holds the whole model for fingerprints, forensic queries and deployment."""
@@ -197,92 +377,69 @@ class TrainEnd(Message):
     backnet: bytes
 
 
-@message
-class TrainResult(Message):
-    job_id: str
-    steps: int
-    front_digest: str
-
-
-@message
-class ExportFrontNet(Message):
-    """Release the trained FrontNet encrypted (HPKE) to a recipient key; the enclave never sends it in clear."""
-
-    job_id: str
-    recipient_key: bytes
-
-
-@message
+@reply
 class Exported(Message):
-    ciphertext: bytes
+    """The trained FrontNet and the job's seed, for a member every dataset's policy lets receive them."""
+
+    job_id: str
+    front_state: bytes  # torch state_dict
     front_digest: str
+    seed: int
+
+
+@request(sender=ANY_MEMBER, answer=Exported, sealed=True)
+class ExportModel(Message):
+    job_id: str
+    auth: Authorization
 
 
 # --- accountability ------------------------------------------------------------------------------------
 
 
-@message
-class BuildLinkage(Message):
-    """Fingerprint every training instance of a finished job and commit the linkage log (signed, sealed)."""
-
-    job_id: str
-
-
-@message
+@reply
 class LinkageBuilt(Message):
     statement: dict[str, Any]
     records: int
     seconds: float
 
 
-@message
-class TraceQuery(Message):
-    """Forensic query: `ciphertext` is HPKE to the enclave key of an .npz with `x` (and optional `predicted`)."""
+@request(sender=HOST, answer=LinkageBuilt)
+class BuildLinkage(Message):
+    """Fingerprint every training instance of a finished job and commit the linkage log (signed, sealed);
+    once per job: a log never gets a second root."""
 
     job_id: str
-    ciphertext: bytes
+
+
+@reply
+class ForensicReply(Message):
+    report: dict[str, Any]
+
+
+@request(sender=members(Role.AUDITOR), answer=ForensicReply, sealed=True)
+class TraceQuery(Message):
+    """Forensic query: `inputs` is an .npz with `x` (and optional `predicted`)."""
+
+    job_id: str
+    inputs: bytes
     k: int
     method: str
+    auth: Authorization
 
 
-@message
+@request(sender=members(Role.AUDITOR), answer=ForensicReply, sealed=True)
 class SuspicionQuery(Message):
     """Dataset-level detection: every training instance's suspicion score (no misprediction needed)."""
 
     job_id: str
     method: str
-
-
-@message
-class ForensicReply(Message):
-    report: dict[str, Any]
+    auth: Authorization
 
 
 # --- partitioned inference (DeepEnclave) ----------------------------------------------------------------
 
 
-@message
-class DeployModel(Message):
-    """Deploy a model for inference: a finished job's FrontNet (`job_id`), or an owner's, HPKE-sealed.
-
-    The owner signs `deploy_digest`, so the host cannot deploy a FrontNet of its own under a model id
-    (an identity FrontNet would copy inputs into the IR). `slot_paths` are the shared slots,
-    `3 * pipeline depth` of them: request ciphertexts (bytes), then IRs, then the host's outputs.
-    """
-
-    model_id: str
-    job_id: str
-    architecture: str
-    m: int
-    ternary: bool
-    sealed_weights: bytes
-    owner: str
-    signature: bytes
-    slot_paths: list[str]
-    max_batch: int
-
-
-@message
+@reply
 class ModelDeployed(Message):
     model_id: str
     architecture: str
@@ -292,22 +449,52 @@ class ModelDeployed(Message):
     front_digest: str
 
 
-@message
-class OpenSession(Message):
-    """A client's session key, HPKE-sealed to the enclave key with `info` binding `session_id`."""
+@request(sender=members(Role.OWNER), answer=ModelDeployed, host_fields=("slot_paths", "max_batch"))
+class DeployModel(Message):
+    """Deploy a model for inference: a finished job's FrontNet (`job_id`, bound to its enclave-signed
+    `front_digest`), or an owner's own weights, HPKE-sealed (`sealed_weights`).
 
-    session_id: str
-    ciphertext: bytes
+    `slot_paths` are the host's shared slots, `3 * pipeline depth` of them: request ciphertexts (bytes), then
+    IRs, then the host's outputs.
+    """
+
+    model_id: str
+    job_id: str
+    front_digest: str
+    architecture: str
+    m: int
+    ternary: bool
+    sealed_weights: bytes
+    slot_paths: list[str]
+    max_batch: int
+    auth: Authorization
 
 
-@message
+@reply
 class SessionOpened(Message):
     session_id: str
     expires_in_s: float
     max_requests: int
 
 
-@message
+@request(sender=HOST, answer=SessionOpened)
+class OpenSession(Message):
+    """A client's session key, HPKE-sealed to the enclave key with `info` binding `session_id`. Inference users
+    are anonymous: a deployment (authorized by its owner) is open to any client that attests the enclave."""
+
+    session_id: str
+    ciphertext: bytes
+
+
+@reply
+class FrontDone(Message):
+    accepted: int
+    rejected: dict[str, list[str]]  # batch position -> [error class, detail]
+    timings: dict[str, float]
+    layout: str  # of the IRs in shared memory (caltrain.enclave.shm.LAYOUTS)
+
+
+@request(sender=HOST, answer=FrontDone)
 class InferFront(Message):
     """Open a batch of request ciphertexts (each `request_size` bytes, back to back, in request slot `slot`),
     run the FrontNet on the accepted ones and write their IRs, in order, to IR slot `slot`. Request `i` is
@@ -320,15 +507,14 @@ class InferFront(Message):
     top_ks: list[int]
 
 
-@message
-class FrontDone(Message):
-    accepted: int
-    rejected: dict[str, list[str]]  # batch position -> [error class, detail]
+@reply
+class Answers(Message):
+    ciphertexts: bytes
+    lengths: list[int]
     timings: dict[str, float]
-    layout: str  # of the IRs in shared memory (caltrain.enclave.shm.LAYOUTS)
 
 
-@message
+@request(sender=HOST, answer=Answers)
 class InferFinish(Message):
     """The host's output for the `count` accepted requests of slot `slot` is in its output slot: finish
     (ternary: the last layer), softmax, top-k, and encrypt each answer to its requester."""
@@ -338,22 +524,27 @@ class InferFinish(Message):
     count: int
 
 
-@message
-class Answers(Message):
-    ciphertexts: bytes
-    lengths: list[int]
-    timings: dict[str, float]
-
-
 # --- codec -----------------------------------------------------------------------------------------------
 
 _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
 
 
+def _canonical_json(value: Any) -> bytes:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+
+
 def _check(value: Any, hint: Any, where: str) -> None:
     origin = typing.get_origin(hint)
     if hint is Any:
+        return
+    if hint is Authorization:
+        names = [f.name for f in dataclasses.fields(Authorization)]
+        if not (isinstance(value, dict) and sorted(value) == sorted(names)):
+            raise WireError(f"{where}: expected an authorization {{{', '.join(names)}}}")
+        for name in names:
+            if not isinstance(value[name], str):
+                raise WireError(f"{where}.{name}: expected str")
         return
     if origin in (typing.Union, types.UnionType):
         for option in typing.get_args(hint):
@@ -415,13 +606,22 @@ def encode(msg: Message) -> bytes:
         if isinstance(value, (bytes, bytearray, memoryview)):
             header[name] = {"$blob": len(blobs)}
             blobs.append(bytes(value))
+        elif isinstance(value, Authorization):
+            header[name] = dataclasses.asdict(value)
         else:
             header[name] = value
-    head = json.dumps(header, separators=(",", ":")).encode()
+    try:
+        head = json.dumps(header, separators=(",", ":"), allow_nan=False).encode()
+    except (TypeError, ValueError) as exc:  # NaN, infinity or a non-JSON value: never put on the wire
+        raise WireError(f"{msg.type_name} cannot be encoded: {exc}") from None
     parts = [_U32.pack(len(head)), head, _U32.pack(len(blobs))]
     for blob in blobs:
         parts += [_U64.pack(len(blob)), blob]
     return b"".join(parts)
+
+
+def _reject_constant(name: str) -> None:
+    raise json.JSONDecodeError(f"{name} is not allowed", name, 0)
 
 
 def decode(frame: bytes | memoryview) -> Message:
@@ -429,7 +629,7 @@ def decode(frame: bytes | memoryview) -> Message:
     view = memoryview(frame)
     try:
         (head_len,) = _U32.unpack_from(view, 0)
-        header = json.loads(bytes(view[4 : 4 + head_len]))
+        header = json.loads(bytes(view[4 : 4 + head_len]), parse_constant=_reject_constant)
         pos = 4 + head_len
         (count,) = _U32.unpack_from(view, pos)
         pos += 4
@@ -441,7 +641,7 @@ def decode(frame: bytes | memoryview) -> Message:
                 raise WireError("blob runs past the end of the frame")
             blobs.append(bytes(view[pos : pos + n]))
             pos += n
-    except (struct.error, json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (struct.error, json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise WireError(f"malformed frame: {exc}") from None
     if pos != len(view):
         raise WireError(f"{len(view) - pos} trailing bytes after the frame")
@@ -467,6 +667,61 @@ def decode(frame: bytes | memoryview) -> Message:
             fields[name] = blobs[index]
         else:
             _check(value, hint, f"{cls.type_name}.{name}")
+            if hint is Authorization:
+                fields[name] = Authorization(**value)
     if len(used) != len(blobs):
         raise WireError(f"{cls.type_name}: {len(blobs) - len(used)} unreferenced blobs")
+    return cls(**fields)
+
+
+def content_digest(msg: Message) -> bytes:
+    """What a member signs of a request: its type and every field except `auth` and the route's host fields.
+
+    Bytes fields enter as they are, others as canonical JSON, each after its name, so no two requests share a
+    digest; a member and the enclave compute it from the same message and must agree bit for bit.
+    """
+    route = ROUTES[type(msg)]
+    parts = [msg.type_name.encode()]
+    for name in _hints(type(msg)):
+        if name == "auth" or name in route.host_fields:
+            continue
+        value = getattr(msg, name)
+        parts += [name.encode(), bytes(value) if isinstance(value, (bytes, bytearray)) else _canonical_json(value)]
+    return tagged_hash("caltrain/request-content/v1", *parts)
+
+
+def to_json(msg: Message) -> dict[str, Any]:
+    """A message as a JSON object (bytes fields base64): how member requests and signed answers travel over HTTP."""
+    out: dict[str, Any] = {}
+    for name in _hints(type(msg)):
+        value = getattr(msg, name)
+        if isinstance(value, (bytes, bytearray)):
+            out[name] = base64.b64encode(value).decode()
+        elif isinstance(value, Authorization):
+            out[name] = dataclasses.asdict(value)
+        else:
+            out[name] = value
+    return out
+
+
+def from_json(cls: type[MsgT], data: Any) -> MsgT:
+    """Parse and validate `to_json` output as a `cls`; anything off raises `WireError` naming what was wrong."""
+    if not isinstance(data, dict):
+        raise WireError(f"{cls.__name__}: expected a JSON object")
+    hints = _hints(cls)
+    if set(data) != set(hints):
+        raise WireError(f"{cls.__name__}: fields {sorted(data)} != schema {sorted(hints)}")
+    fields: dict[str, Any] = {}
+    for name, hint in hints.items():
+        value = data[name]
+        if hint is bytes:
+            if not isinstance(value, str):
+                raise WireError(f"{cls.__name__}.{name}: expected base64 text")
+            try:
+                fields[name] = base64.b64decode(value, validate=True)
+            except (binascii.Error, ValueError):
+                raise WireError(f"{cls.__name__}.{name}: not valid base64") from None
+            continue
+        _check(value, hint, f"{cls.__name__}.{name}")
+        fields[name] = Authorization(**value) if hint is Authorization else value
     return cls(**fields)

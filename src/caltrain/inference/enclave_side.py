@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 import torch
 
 from caltrain.crypto import aead
-from caltrain.crypto.signing import verify_signature
-from caltrain.enclave.protocol import deploy_digest, request_aad, weights_info
+from caltrain.enclave.consent import check_grant
+from caltrain.enclave.consortium import Member
+from caltrain.enclave.protocol import request_aad, weights_info
 from caltrain.enclave.runtime import EnclaveContext, ecall
 from caltrain.enclave.shm import SharedTensor
 from caltrain.enclave.wire import (
@@ -36,7 +37,7 @@ from caltrain.inference.requests import check_request, request_size, seal_answer
 from caltrain.inference.sessions import SessionTable
 from caltrain.inference.split import InferenceSplit, load_exact, split_model
 from caltrain.training.core import state_digest
-from caltrain.training.enclave_side import Job
+from caltrain.training.enclave_side import finished_job, policies
 
 REGISTRY = "inference-models"
 SESSIONS = "inference-sessions"
@@ -78,12 +79,16 @@ def _deployed(ctx: EnclaveContext, model_id: str) -> Deployed:
         raise UnknownModel(f"no model {model_id!r} is deployed") from None
 
 
-def _weights(ctx: EnclaveContext, req: DeployModel, split: InferenceSplit) -> None:
-    """Load the enclave's weights: from a finished job (never left the enclave) or opened from the owner."""
+def _weights(ctx: EnclaveContext, req: DeployModel, split: InferenceSplit, member: Member) -> None:
+    """Load the enclave's weights: from a finished job (never left the enclave; every training dataset's policy
+    must name the owner a deployer, and the owner's signature must cover that job's FrontNet digest) or opened
+    from the owner's own sealed weights."""
     if req.job_id:
-        job = ctx.extensions.get("models", {}).get(req.job_id)
-        if not isinstance(job, Job):
-            raise UnknownModel(f"no finished training job {req.job_id!r} in the enclave")
+        job = finished_job(ctx, req.job_id)
+        check_grant(policies(ctx, job.config.datasets).items(), "deployers", member)
+        if req.front_digest != state_digest(job.part.front):
+            raise InferenceError(f"the deployment is signed for FrontNet {req.front_digest[:16]}…, not job "
+                                 f"{req.job_id}'s")
         if (job.config.model, job.config.frontnet_layers) != (req.architecture, req.m):
             raise InferenceError(f"job {req.job_id} trained {job.config.model} cut at m={job.config.frontnet_layers}")
         if req.ternary or req.sealed_weights:
@@ -102,18 +107,13 @@ def _weights(ctx: EnclaveContext, req: DeployModel, split: InferenceSplit) -> No
 
 
 @ecall(DeployModel)
-def deploy(ctx: EnclaveContext, req: DeployModel) -> ModelDeployed:
+def deploy(ctx: EnclaveContext, req: DeployModel, member: Member) -> ModelDeployed:
     if req.model_id in _registry(ctx):
         raise DuplicateModel(f"model {req.model_id!r} is already deployed")
-    member = ctx.config.consortium.member(req.owner)
-    digest = deploy_digest(
-        req.model_id, req.job_id, req.architecture, req.m, req.ternary, req.sealed_weights, ctx.public_keys
-    )
-    verify_signature(member.public_key, digest, req.signature, what=f"deployment by {member.name}")
     if not 1 <= req.max_batch <= MAX_BATCH or not req.slot_paths or len(req.slot_paths) % 3:
         raise BadRequest(f"max batch must be 1..{MAX_BATCH} and slots must come in request/IR/output triples")
     split = split_model(req.architecture, req.m, req.ternary)
-    _weights(ctx, req, split)
+    _weights(ctx, req, split, member)
     ir_shape, out_shape = split.shapes()
     depth = len(req.slot_paths) // 3
     sizes = (

@@ -9,6 +9,7 @@ future, so answers are never mixed up; one bad request is rejected alone.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import queue
@@ -33,6 +34,7 @@ from caltrain.enclave.wire import (
     ModelDeployed,
     OpenSession,
     SessionOpened,
+    SignedReply,
 )
 from caltrain.errors import CaltrainError, InferenceError
 from caltrain.inference.errors import BadRequest, DuplicateModel, UnknownModel
@@ -236,20 +238,10 @@ class InferenceService:
         self.models: dict[str, ModelServer] = {}
         self._lock = threading.Lock()
 
-    def deploy(
-        self,
-        *,
-        model_id: str,
-        architecture: str,
-        m: int,
-        ternary: bool,
-        owner: str,
-        signature: bytes,
-        host_state: object,
-        job_id: str = "",
-        sealed_weights: bytes = b"",
-    ) -> ModelInfo:
-        """Deploy a model: the host part's weights load here, the enclave's (sealed or trained) there."""
+    def deploy(self, request: DeployModel, host_state: object) -> tuple[SignedReply, ModelInfo]:
+        """Deploy a model an owner signed for: the host part's weights load here, the enclave's (sealed or
+        trained) there. The host fills in only its shared-memory slots, which the owner's signature leaves out."""
+        model_id, architecture, m, ternary = request.model_id, request.architecture, request.m, request.ternary
         with self._lock:
             if model_id in self.models:
                 raise DuplicateModel(f"model {model_id!r} is already deployed")
@@ -263,20 +255,9 @@ class InferenceService:
 
             slots = (group(request_size(split.input_shape), "uint8"), group(math.prod(ir_shape), "float32"),
                      group(math.prod(out_shape), "float32"))
-            msg = DeployModel(
-                model_id=model_id,
-                job_id=job_id,
-                architecture=architecture,
-                m=m,
-                ternary=ternary,
-                sealed_weights=sealed_weights,
-                owner=owner,
-                signature=signature,
-                slot_paths=[str(s.path) for part in slots for s in part],
-                max_batch=cap,
-            )
+            msg = dataclasses.replace(request, slot_paths=[str(s.path) for part in slots for s in part], max_batch=cap)
             try:
-                deployed = self.enclave.call(msg, ModelDeployed)
+                signed, deployed = self.enclave.call_member(msg, ModelDeployed)
             except CaltrainError:
                 for part in slots:
                     for s in part:
@@ -289,7 +270,7 @@ class InferenceService:
                 m=m,
                 ternary=ternary,
                 owner=deployed.owner,
-                source=f"job:{job_id}" if job_id else "external",
+                source=f"job:{request.job_id}" if request.job_id else "external",
                 front_digest=deployed.front_digest,
                 input_shape=list(spec.input_shape),
                 num_classes=spec.num_classes,
@@ -297,7 +278,7 @@ class InferenceService:
             )
             self.models[model_id] = ModelServer(self.enclave, info, split, slots, self.config)
         log.info("deployed %s: %s cut m=%d ternary=%s by %s", model_id, architecture, m, ternary, info.owner)
-        return info
+        return signed, info
 
     def open_session(self, session_id: str, ciphertext: bytes) -> SessionOpened:
         """Hand a client's sealed session key to the enclave (one HPKE open, then AES-GCM per request)."""

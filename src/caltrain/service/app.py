@@ -15,7 +15,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from caltrain.enclave.consortium import Consortium
-from caltrain.enclave.errors import DuplicateDataset, UnknownDataset
+from caltrain.enclave.errors import DuplicateDataset, RequestReplayed, UnknownDataset
 from caltrain.enclave.host import EnclaveHost
 from caltrain.enclave.manifest import EnclaveConfig
 from caltrain.errors import (
@@ -36,8 +36,9 @@ from caltrain.inference.errors import (
 from caltrain.inference.serving import BatchingConfig, InferenceService
 from caltrain.service import forensics, inference, ingestion, training
 from caltrain.service.auth import RequestAuthenticator
-from caltrain.service.jobs import JobBusy, JobManager, UnknownJob
+from caltrain.service.jobs import JobManager, UnknownJob
 from caltrain.service.state import ServerState
+from caltrain.training.errors import NoActiveJob
 
 log = logging.getLogger("caltrain.server")
 
@@ -47,15 +48,16 @@ ROUTERS = (ingestion.router, training.router, forensics.router, inference.router
 def status_code(exc: CaltrainError) -> int:
     """HTTP status for a caltrain error: the client's fault is 4xx, the server's 5xx."""
     for cls, code in (
+        (RequestReplayed, 409),
         (Unauthenticated, 401),
         (AuthError, 403),
         (UnknownDataset, 404),
         (UnknownJob, 404),
+        (NoActiveJob, 404),
         (UnknownModel, 404),
         (SessionExpired, 410),
         (UnknownSession, 404),
         (DuplicateDataset, 409),
-        (JobBusy, 409),
         (DuplicateModel, 409),
         (ReplayedRequest, 409),
         (RequestTooLarge, 413),
@@ -86,11 +88,12 @@ def create_app(
             log.warning("SIMULATED TEE backend: the enclave is an ordinary process; no hardware protection")
         log.info("enclave ready: platform=%s measurement=%s", ready.platform, ready.measurement)
         app.state.server = ServerState(host, consortium, RequestAuthenticator(consortium), state_dir)
-        app.state.server.extensions["jobs"] = JobManager(host, state_dir, device)
+        jobs = app.state.server.extensions["jobs"] = JobManager(host, state_dir, device)
         service = app.state.server.extensions["inference"] = InferenceService(host, batching)
         try:
             yield
         finally:
+            jobs.close()
             service.close()
             host.stop()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import math
 import time
 from collections.abc import Callable, Mapping
 
@@ -10,7 +11,7 @@ from caltrain.crypto.errors import BadSignature, InvalidKey
 from caltrain.crypto.hashing import sha256, tagged_hash
 from caltrain.crypto.signing import Identity, verify_signature
 from caltrain.enclave.consortium import Consortium, Member, Role
-from caltrain.errors import Unauthenticated
+from caltrain.errors import AuthError, Unauthenticated
 
 MEMBER, TIMESTAMP, SIGNATURE = "x-caltrain-member", "x-caltrain-timestamp", "x-caltrain-signature"
 
@@ -38,17 +39,23 @@ class RequestAuthenticator:
         self._seen: dict[bytes, float] = {}
 
     def authenticate(
-        self, method: str, path: str, headers: Mapping[str, str], body: bytes, *, role: Role | None = None
+        self, method: str, path: str, headers: Mapping[str, str], body: bytes, *, roles: frozenset[Role] | None = None
     ) -> Member:
+        """The member who signed this request, holding one of `roles` if given (a courtesy check: the enclave
+        checks its own calls' authorization itself)."""
         name, ts, sig = headers.get(MEMBER), headers.get(TIMESTAMP), headers.get(SIGNATURE)
         if not (name and ts and sig):
             raise Unauthenticated("request is not signed: send X-Caltrain-Member, -Timestamp and -Signature")
-        member = self._consortium.member(name, role=role)
+        member = self._consortium.member(name)
+        if roles is not None and not member.roles & roles:
+            raise AuthError(f"member {name!r} holds none of the roles {sorted(r.value for r in roles)}")
         try:
             age = self._clock() - float(ts)
             signature = base64.b64decode(sig, validate=True)
         except ValueError:
             raise Unauthenticated("malformed authentication headers") from None
+        if not math.isfinite(age):
+            raise Unauthenticated(f"request timestamp {ts!r} is not a finite number of seconds")
         if abs(age) > self._window_s:
             raise Unauthenticated(f"request timestamp is {age:.0f} s off; the window is {self._window_s:.0f} s")
         try:

@@ -1,4 +1,5 @@
-"""The client side of the protocol: attest the enclave, then send it only what its key may open."""
+"""The client side of the protocol: attest the enclave, send it only what its key may open, sign what a member
+asks, and believe only answers the attested enclave signed for that very request."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import numpy as np
@@ -17,18 +18,53 @@ import torch
 import caltrain.attestation.errors
 import caltrain.crypto.errors
 import caltrain.enclave.consortium
-import caltrain.enclave.errors  # noqa: F401  (error classes the server may name)
+import caltrain.enclave.errors
+import caltrain.inference.errors
+import caltrain.training.errors
 from caltrain.accountability.linkage import LinkageProof, verify_linkage_proof
 from caltrain.attestation import Evidence, Policy, VerifiedEnclave, Verifier
 from caltrain.attestation.backends.simulated import parse_quote
 from caltrain.attestation.policy import SimulatedPolicy
 from caltrain.crypto.container import read_header
-from caltrain.crypto.hpke import HpkeKeyPair, seal_to, wrap_key
-from caltrain.crypto.signing import Identity
-from caltrain.enclave.protocol import EnclaveKeys, export_info, submission_digest, trace_info, wrap_context
+from caltrain.crypto.hpke import wrap_key
+from caltrain.crypto.signing import verify_signature
+from caltrain.enclave.authority import (
+    UNSIGNED,
+    authorize,
+    open_sealed_reply,
+    open_signed_reply,
+    request_digest,
+    seal_request,
+)
+from caltrain.enclave.consent import DataUsePolicy
+from caltrain.enclave.errors import ReplyInvalid
+from caltrain.enclave.protocol import EnclaveKeys, job_result_digest, wrap_context
+from caltrain.enclave.wire import (
+    CreateJob,
+    DatasetReceipt,
+    Exported,
+    ExportModel,
+    ForensicReply,
+    IngestDataset,
+    JobCreated,
+    Message,
+    SealedReply,
+    SignedReply,
+    SuspicionQuery,
+    TraceQuery,
+    from_json,
+    to_json,
+)
 from caltrain.errors import CaltrainError, ServiceError, TrainingError, error_class
 from caltrain.service.auth import sign_request
+from caltrain.service.participant import MemberHome
 from caltrain.training.config import TrainConfig
+
+R = TypeVar("R", bound=Message)
+
+# Headers of a dataset upload (the container itself is the body).
+MEMBER_HEADER, REQUEST_ID_HEADER, SIGNATURE_HEADER = "x-caltrain-member", "x-caltrain-request-id", "x-caltrain-auth"
+WRAPPED_KEY_HEADER, POLICY_HEADER = "x-caltrain-wrapped-key", "x-caltrain-data-policy"
 
 
 @dataclass(frozen=True)
@@ -36,22 +72,36 @@ class AttestedEnclave:
     verified: VerifiedEnclave
     keys: EnclaveKeys
 
+    def identity(self) -> dict[str, str]:
+        """What a member keeps to check the enclave's signatures offline later."""
+        return {"signing_key": self.keys.signing.hex(), "measurement": self.verified.measurement}
+
+
+@dataclass(frozen=True)
+class SignedAnswer:
+    """An answer that left the enclave signed for one request: the typed reply, and the signed form to keep."""
+
+    reply: Message
+    signed: SignedReply
+    enclave: AttestedEnclave
+
+    def to_json(self) -> dict[str, Any]:
+        return {"signed": to_json(self.signed), "enclave": self.enclave.identity()}
+
 
 class CaltrainClient:
-    """A small synchronous client. With an identity, requests that need a member are signed."""
+    """A small synchronous client. With a member's home, requests that need a member are signed by it."""
 
     def __init__(
         self,
         server: str,
         *,
-        identity: Identity | None = None,
-        name: str | None = None,
+        home: MemberHome | None = None,
         timeout: float = 300.0,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         self._http = httpx.Client(base_url=server.rstrip("/"), timeout=timeout, transport=transport)
-        self._identity = identity
-        self._name = name
+        self.home = home
 
     def close(self) -> None:
         self._http.close()
@@ -61,6 +111,11 @@ class CaltrainClient:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def _member(self, what: str) -> MemberHome:
+        if self.home is None:
+            raise ServiceError(f"{what} needs a member's home (--home)")
+        return self.home
 
     def request(
         self,
@@ -74,9 +129,8 @@ class CaltrainClient:
         """One request; a caltrain error on the server is re-raised here as the same class."""
         headers = dict(headers or {})
         if signed:
-            if self._identity is None or self._name is None:
-                raise ServiceError(f"{method} {path} needs a member identity (--home)")
-            headers.update(sign_request(self._identity, self._name, method, path, body))
+            home = self._member(f"{method} {path}")
+            headers.update(sign_request(home.identity, home.name, method, path, body))
         try:
             response = self._http.request(method, path, content=body, headers=headers)
         except httpx.HTTPError as exc:
@@ -102,34 +156,86 @@ class CaltrainClient:
         verified = verifier.verify(evidence)
         return AttestedEnclave(verified, EnclaveKeys.from_bytes(verified.public_key))
 
-    def submit(self, container: bytes, data_key: bytes, policy: Policy) -> dict[str, Any]:
-        """Attest, wrap the data key to the enclave, sign the submission, upload the container."""
-        if self._identity is None or self._name is None:
-            raise ServiceError("submitting needs the participant's identity")
+    # --- member requests: signed for the attested enclave, answered signed (or sealed to us) ---------------
+
+    def _authorized(self, msg: R, enclave: AttestedEnclave) -> R:
+        home = self._member(msg.type_name)
+        return authorize(msg, identity=home.identity, member=home.name, keys=enclave.keys)
+
+    def _signed_answer(self, msg: Message, signed: SignedReply, enclave: AttestedEnclave, expect: type[R]) -> R:
+        return open_signed_reply(
+            signed, enclave_key=enclave.keys.signing, request=request_digest(msg, enclave.keys), expect=expect
+        )
+
+    def call_signed(self, path: str, msg: Message, expect: type[R], enclave: AttestedEnclave) -> tuple[R, Any]:
+        """POST a member request as JSON; returns (its verified reply, the server's whole JSON answer)."""
+        return self.call_signed_body(path, msg, expect, enclave, to_json)
+
+    def call_signed_body(
+        self,
+        path: str,
+        msg: Message,
+        expect: type[R],
+        enclave: AttestedEnclave,
+        body: Callable[[Message], dict[str, Any]],
+    ) -> tuple[R, Any]:
+        """`call_signed` where the route wraps the signed request in a body of its own (`body(signed)`)."""
+        msg = self._authorized(msg, enclave)
+        out = self.request("POST", path, body=json.dumps(body(msg)).encode(), signed=True,
+                           headers={"content-type": "application/json"})
+        return self._signed_answer(msg, _signed_reply(out), enclave, expect), out
+
+    def call_sealed(self, path: str, msg: Message, expect: type[R], enclave: AttestedEnclave) -> SignedAnswer:
+        """POST a member request sealed to the enclave; the answer comes back sealed to our encryption key."""
+        home = self._member(msg.type_name)
+        msg = self._authorized(msg, enclave)
+        envelope = seal_request(msg, enclave.keys)
+        body = json.dumps({"sealed": base64.b64encode(envelope.ciphertext).decode()}).encode()
+        out = self.request("POST", path, body=body, signed=True, headers={"content-type": "application/json"})
+        try:
+            sealed = SealedReply(ciphertext=base64.b64decode(out["sealed"], validate=True))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ReplyInvalid(f"the server's answer is not a sealed reply: {exc!r}") from None
+        signed = open_sealed_reply(sealed, home.encryption, request=request_digest(msg, enclave.keys))
+        return SignedAnswer(self._signed_answer(msg, signed, enclave, expect), signed, enclave)
+
+    def submit(
+        self, container: bytes, data_key: bytes, attestation: Policy, consent: DataUsePolicy
+    ) -> tuple[DatasetReceipt, AttestedEnclave]:
+        """Attest, wrap the data key to the enclave, sign the upload with its data-use policy, and return the
+        receipt the enclave signed for exactly this upload."""
+        home = self._member("submitting")
         header, _ = read_header(container)
-        enclave = self.attest(Verifier(policy))
-        wrapped = wrap_key(data_key, enclave.keys.hpke, context=wrap_context(header.dataset_id, self._name))
-        signature = self._identity.sign(submission_digest(container, wrapped, enclave.keys))
+        enclave = self.attest(Verifier(attestation))
+        wrapped = wrap_key(data_key, enclave.keys.hpke, context=wrap_context(header.dataset_id, home.name))
+        msg = self._authorized(
+            IngestDataset(container=container, wrapped_key=wrapped, policy=consent.canonical_bytes(), auth=UNSIGNED),
+            enclave,
+        )
         headers = {
-            "x-caltrain-participant": self._name,
-            "x-caltrain-wrapped-key": base64.b64encode(wrapped).decode(),
-            "x-caltrain-signature": base64.b64encode(signature).decode(),
+            MEMBER_HEADER: msg.auth.member,
+            REQUEST_ID_HEADER: msg.auth.request_id,
+            SIGNATURE_HEADER: msg.auth.signature,
+            WRAPPED_KEY_HEADER: base64.b64encode(wrapped).decode(),
+            POLICY_HEADER: base64.b64encode(msg.policy).decode(),
             "content-type": "application/octet-stream",
         }
-        result: dict[str, Any] = self.request("POST", "/v1/datasets", body=container, headers=headers)
-        # The attested enclave identity, kept by the participant to check linkage proofs offline later.
-        result["enclave"] = {"signing_key": enclave.keys.signing.hex(), "measurement": enclave.verified.measurement}
-        return result
+        out = self.request("POST", "/v1/datasets", body=container, headers=headers)
+        return self._signed_answer(msg, _signed_reply(out), enclave, DatasetReceipt), enclave
 
-    def start_job(self, config: TrainConfig) -> dict[str, Any]:
-        body = json.dumps(config.to_dict()).encode()
-        result: dict[str, Any] = self.request(
-            "POST", "/v1/jobs", body=body, headers={"content-type": "application/json"}, signed=True
-        )
-        return result
+    def start_job(self, config: TrainConfig, attestation: Policy) -> JobCreated:
+        """Ask the enclave to admit a job; it answers, signed, with the job id it drew and what it admitted."""
+        enclave = self.attest(Verifier(attestation))
+        created, _ = self.call_signed("/v1/jobs", CreateJob(spec=config.to_dict(), auth=UNSIGNED), JobCreated,
+                                      enclave)
+        return created
 
     def job(self, job_id: str) -> dict[str, Any]:
-        result: dict[str, Any] = self.request("GET", f"/v1/jobs/{job_id}")
+        result: dict[str, Any] = self.request("GET", f"/v1/jobs/{job_id}", signed=True)
+        return result
+
+    def jobs(self) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self.request("GET", "/v1/jobs", signed=True)
         return result
 
     def wait_job(
@@ -149,10 +255,24 @@ class CaltrainClient:
                 raise TrainingError(f"job {job_id} failed: {job['error']}")
             time.sleep(poll_s)
 
+    def verified_result(self, job: dict[str, Any], enclave: AttestedEnclave) -> dict[str, Any]:
+        """A finished job's result (FrontNet and BackNet digests), once its enclave signature verifies."""
+        result = job.get("result") or {}
+        try:
+            digest = job_result_digest(job["job_id"], int(result["steps"]), result["front_digest"],
+                                       result["back_digest"])
+            verify_signature(enclave.keys.signing, digest, bytes.fromhex(result["signature"]), what="job result")
+        except (KeyError, TypeError, ValueError, caltrain.crypto.errors.CryptoError) as exc:
+            raise ReplyInvalid(f"job {job.get('job_id')}: its result is not signed by the attested enclave: {exc}") \
+                from None
+        return dict(result)
+
     def backnet(self, job_id: str) -> dict[str, torch.Tensor]:
         """The trained BackNet's weights (held in the clear by the host)."""
+        home, path = self._member("the BackNet"), f"/v1/jobs/{job_id}/backnet"
+        headers = sign_request(home.identity, home.name, "GET", path, b"")
         try:
-            response = self._http.get(f"/v1/jobs/{job_id}/backnet")
+            response = self._http.get(path, headers=headers)
         except httpx.HTTPError as exc:
             raise ServiceError(f"cannot reach {self._http.base_url}: {exc}") from None
         if not response.is_success:
@@ -160,48 +280,67 @@ class CaltrainClient:
         state: dict[str, torch.Tensor] = torch.load(io.BytesIO(response.content), weights_only=True)
         return state
 
-    def export_frontnet(self, job_id: str) -> dict[str, torch.Tensor]:
-        """Ask the enclave for the trained FrontNet, encrypted to a key generated here and now."""
-        recipient = HpkeKeyPair.generate()
-        body = json.dumps({"recipient_key": recipient.public_bytes.hex()}).encode()
-        out = self.request("POST", f"/v1/jobs/{job_id}/export", body=body, signed=True)
-        raw = recipient.open(base64.b64decode(out["ciphertext"]), export_info(job_id))
-        state: dict[str, torch.Tensor] = torch.load(io.BytesIO(raw), weights_only=True)
-        return state
+    def export_model(self, job_id: str, attestation: Policy) -> Exported:
+        """The trained FrontNet and the job's seed, sealed by the enclave to this member's encryption key."""
+        enclave = self.attest(Verifier(attestation))
+        answer = self.call_sealed(f"/v1/jobs/{job_id}/export", ExportModel(job_id=job_id, auth=UNSIGNED), Exported,
+                                  enclave)
+        assert isinstance(answer.reply, Exported)
+        return answer.reply
 
     def trace(
         self,
         job_id: str,
         x: np.ndarray,
-        policy: Policy,
+        attestation: Policy,
         *,
         predicted: np.ndarray | None = None,
         k: int = 10,
         method: str = "ours",
-    ) -> dict[str, Any]:
-        """Attest, encrypt the mispredicted inputs to the enclave, ask who is responsible, check every proof."""
-        enclave = self.attest(Verifier(policy))
+    ) -> SignedAnswer:
+        """Attest, seal the mispredicted inputs and the question to the enclave, and accept the report only if the
+        enclave signed it for this question, its log statement is for this job, and every proof verifies."""
+        enclave = self.attest(Verifier(attestation))
         buf = io.BytesIO()
-        if predicted is None:
-            np.savez(buf, x=np.asarray(x, dtype=np.float32))
-        else:
-            np.savez(buf, x=np.asarray(x, dtype=np.float32), predicted=np.asarray(predicted, dtype=np.int64))
-        ciphertext = seal_to(enclave.keys.hpke, buf.getvalue(), trace_info(job_id))
-        body = json.dumps({"ciphertext": base64.b64encode(ciphertext).decode(), "k": k, "method": method}).encode()
-        report: dict[str, Any] = self.request("POST", f"/v1/jobs/{job_id}/trace", body=body, signed=True)
-        measurement = bytes.fromhex(enclave.verified.measurement)
-        for answer in report["answers"]:
-            for record in answer["records"]:
-                verify_linkage_proof(LinkageProof.from_dict(record), enclave.keys.signing, measurement=measurement)
-        return report
+        arrays = {"x": np.asarray(x, dtype=np.float32)}
+        if predicted is not None:
+            arrays["predicted"] = np.asarray(predicted, dtype=np.int64)
+        np.savez(buf, **arrays)  # type: ignore[arg-type]
+        query = TraceQuery(job_id=job_id, inputs=buf.getvalue(), k=k, method=method, auth=UNSIGNED)
+        answer = self.call_sealed(f"/v1/jobs/{job_id}/trace", query, ForensicReply, enclave)
+        assert isinstance(answer.reply, ForensicReply)
+        check_report(answer.reply.report, job_id, enclave)
+        return answer
 
-    def suspicion(self, job_id: str, *, method: str = "ours") -> dict[str, Any]:
-        result: dict[str, Any] = self.request("POST", f"/v1/jobs/{job_id}/suspicion?method={method}", signed=True)
-        return result
+    def suspicion(self, job_id: str, attestation: Policy, *, method: str = "ours") -> dict[str, Any]:
+        enclave = self.attest(Verifier(attestation))
+        query = SuspicionQuery(job_id=job_id, method=method, auth=UNSIGNED)
+        answer = self.call_sealed(f"/v1/jobs/{job_id}/suspicion", query, ForensicReply, enclave)
+        assert isinstance(answer.reply, ForensicReply)
+        return answer.reply.report
 
     def status(self) -> dict[str, Any]:
         result: dict[str, Any] = self.request("GET", "/v1/status")
         return result
+
+
+def _signed_reply(out: Any) -> SignedReply:
+    try:
+        return from_json(SignedReply, out["signed"])
+    except (KeyError, TypeError) as exc:
+        raise ReplyInvalid(f"the server's answer carries no signed reply: {exc!r}") from None
+
+
+def check_report(report: dict[str, Any], job_id: str, enclave: AttestedEnclave) -> None:
+    """A signed forensic report is for `job_id` and every record in it is in that job's enclave-signed log."""
+    measurement = bytes.fromhex(enclave.verified.measurement)
+    if report.get("job_id") != job_id:
+        raise ReplyInvalid(f"the report answers job {report.get('job_id')!r}, not {job_id!r}")
+    for answer in report["answers"]:
+        for record in answer["records"]:
+            verify_linkage_proof(
+                LinkageProof.from_dict(record), enclave.keys.signing, measurement=measurement, job_id=job_id
+            )
 
 
 def draft_policy(evidence: Evidence) -> Policy:

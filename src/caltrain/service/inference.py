@@ -13,11 +13,11 @@ from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field, ValidationError
 
-from caltrain.errors import ServiceError
+from caltrain.enclave.wire import DeployModel, WireError, from_json, to_json
 from caltrain.inference.errors import BadRequest, RequestTooLarge
 from caltrain.inference.serving import InferenceService
 from caltrain.service.jobs import JobManager
-from caltrain.service.state import authenticated, server
+from caltrain.service.state import server
 
 MAX_INFER_BYTES = 1 << 20
 MAX_DEPLOY_BYTES = 256 << 20
@@ -27,18 +27,13 @@ B = TypeVar("B", bound=BaseModel)
 
 
 class DeployIn(BaseModel):
-    """Deploy a model. From a finished job: `job_id`, no weights. External: `sealed_weights` (the enclave's
-    weights, HPKE-sealed to it) and `backnet` (the host's part, a torch state_dict, in the clear)."""
+    """Deploy a model: `request` is a `DeployModel` an owner signed for the attested enclave (wire JSON; the host
+    fills in its shared-memory slots, which the signature leaves out). From a finished job the request names the
+    job and its enclave-signed FrontNet digest; an external model carries `sealed_weights` (the enclave's part,
+    HPKE-sealed to it) and `backnet` here (the host's part, a torch state_dict, in the clear)."""
 
-    model_id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-    architecture: str
-    m: int = Field(ge=1, description="FrontNet = the first m blocks")
-    ternary: bool = Field(default=False, description="also run the last layer and softmax in the enclave")
-    job_id: str = ""
-    sealed_weights: str = Field(default="", description="base64")
-    backnet: str = Field(default="", description="base64 of torch.save(state_dict)")
-    owner: str
-    signature: str = Field(description="owner's Ed25519 signature of the deploy digest, base64")
+    request: dict[str, Any] = Field(description="a signed DeployModel message (caltrain.enclave.wire.to_json)")
+    backnet: str = Field(default="", description="base64 of torch.save(state_dict); external models only")
 
 
 class ModelOut(BaseModel):
@@ -119,34 +114,26 @@ def _load_state(raw: bytes, what: str) -> object:
         raise BadRequest(f"{what} is not a torch state_dict: {type(exc).__name__}") from None
 
 
-@router.post("/models", status_code=201, response_model=ModelOut, openapi_extra=_body_schema(DeployIn))
-async def deploy(request: Request) -> ModelOut:
-    """Deploy a model for inference. Signed by a consortium member, who also signs the deploy digest."""
-    member = await authenticated(request)
+@router.post("/models", status_code=201, openapi_extra=_body_schema(DeployIn))
+async def deploy(request: Request) -> dict[str, Any]:
+    """Deploy a model for inference; the enclave checks the owner's signature, role and the datasets' consent.
+    The answer carries the enclave's signed deployment record."""
     body = await _parse(request, DeployIn, MAX_DEPLOY_BYTES)
-    if member.name != body.owner:
-        raise ServiceError(f"request signed by {member.name!r} deploys as {body.owner!r}")
-    if body.job_id:
+    try:
+        msg = from_json(DeployModel, body.request)
+    except WireError as exc:
+        raise BadRequest(f"malformed DeployModel: {exc}") from None
+    server(request).courtesy_check(msg)
+    if msg.job_id:
         jobs = server(request).extensions["jobs"]
         assert isinstance(jobs, JobManager)
-        if jobs.get(body.job_id).state != "done" or body.backnet:
-            raise BadRequest(f"job {body.job_id} is not done, or a BackNet was sent with it (the host has it)")
-        host_state = await run_in_threadpool(torch.load, jobs.backnet_path(body.job_id), weights_only=True)
+        if jobs.get(msg.job_id).state != "done" or body.backnet:
+            raise BadRequest(f"job {msg.job_id} is not done, or a BackNet was sent with it (the host has it)")
+        host_state = await run_in_threadpool(torch.load, jobs.backnet_path(msg.job_id), weights_only=True)
     else:
         host_state = _load_state(_b64(body.backnet, "backnet"), "backnet")
-    info = await run_in_threadpool(
-        inference(request).deploy,
-        model_id=body.model_id,
-        architecture=body.architecture,
-        m=body.m,
-        ternary=body.ternary,
-        owner=body.owner,
-        signature=_b64(body.signature, "signature"),
-        host_state=host_state,
-        job_id=body.job_id,
-        sealed_weights=_b64(body.sealed_weights, "sealed weights"),
-    )
-    return ModelOut(**info.to_json())
+    signed, info = await run_in_threadpool(inference(request).deploy, msg, host_state)
+    return {"signed": to_json(signed), "model": ModelOut(**info.to_json()).model_dump()}
 
 
 @router.get("/models", response_model=list[ModelOut])

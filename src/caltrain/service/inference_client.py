@@ -15,12 +15,13 @@ import numpy as np
 import torch
 
 from caltrain.attestation import Policy, Verifier
-from caltrain.crypto.signing import Identity
-from caltrain.enclave.protocol import deploy_digest
+from caltrain.enclave.authority import UNSIGNED
+from caltrain.enclave.wire import DeployModel, ModelDeployed, to_json
 from caltrain.inference.errors import BadRequest, UnknownSession
 from caltrain.inference.owner import prepare_deployment
 from caltrain.inference.requests import ClientSession
 from caltrain.service.client import AttestedEnclave, CaltrainClient
+from caltrain.service.participant import MemberHome
 
 
 @dataclass(frozen=True)
@@ -43,11 +44,8 @@ class InferenceClient:
     key. A session that expired, ran out of requests or was evicted is replaced once, transparently.
     """
 
-    def __init__(
-        self, server: str, policy: Policy, *, identity: Identity | None = None, name: str | None = None
-    ) -> None:
-        self.http = CaltrainClient(server, identity=identity, name=name, timeout=60.0)
-        self._identity, self._name = identity, name
+    def __init__(self, server: str, policy: Policy, *, home: MemberHome | None = None) -> None:
+        self.http = CaltrainClient(server, home=home, timeout=60.0)
         self.enclave: AttestedEnclave = self.http.attest(Verifier(policy))
         self._shapes: dict[str, tuple[int, ...]] = {}
         self._session: ClientSession | None = None
@@ -66,43 +64,40 @@ class InferenceClient:
         result: list[dict[str, object]] = self.http.request("GET", "/v1/models")
         return result
 
-    def _deploy(self, body: dict[str, object]) -> dict[str, object]:
-        result: dict[str, object] = self._post("/v1/models", body, signed=True)
-        return result
+    def _deploy(self, msg: DeployModel, backnet: bytes = b"") -> ModelDeployed:
+        """Sign the deployment for the attested enclave; accept only its signed confirmation of exactly this."""
+        deployed, _ = self.http.call_signed_body(
+            "/v1/models", msg, ModelDeployed, self.enclave,
+            lambda signed: {"request": to_json(signed), "backnet": base64.b64encode(backnet).decode()},
+        )
+        return deployed
 
-    def _owner(self) -> tuple[Identity, str]:
-        if self._identity is None or self._name is None:
-            raise BadRequest("deploying needs the owner's identity (--home)")
-        return self._identity, self._name
-
-    def deploy_job(self, model_id: str, job_id: str) -> dict[str, object]:
-        """Deploy a model trained by caltrain: its FrontNet never leaves the enclave, the host has its BackNet."""
-        identity, name = self._owner()
-        config = self.http.job(job_id)["config"]
-        arch, m = str(config["model"]), int(config["frontnet_layers"])
-        signature = identity.sign(deploy_digest(model_id, job_id, arch, m, False, b"", self.enclave.keys))
-        return self._deploy({"model_id": model_id, "job_id": job_id, "architecture": arch, "m": m, "owner": name,
-                             "signature": base64.b64encode(signature).decode()})
+    def deploy_job(self, model_id: str, job_id: str) -> ModelDeployed:
+        """Deploy a model trained by caltrain: its FrontNet never leaves the enclave, the host has its BackNet.
+        The owner signs the FrontNet digest the enclave signed when the job finished, so no other weights can be
+        deployed under this signature."""
+        job = self.http.job(job_id)
+        result = self.http.verified_result(job, self.enclave)
+        config = job["config"]
+        return self._deploy(DeployModel(
+            model_id=model_id, job_id=job_id, front_digest=result["front_digest"], architecture=str(config["model"]),
+            m=int(config["frontnet_layers"]), ternary=False, sealed_weights=b"", slot_paths=[], max_batch=0,
+            auth=UNSIGNED,
+        ))
 
     def deploy_external(
         self, model_id: str, architecture: str, m: int, state: dict[str, torch.Tensor], *, ternary: bool = False
-    ) -> dict[str, object]:
+    ) -> ModelDeployed:
         """Register an owner's model: the enclave's blocks sealed to the attested enclave, the rest in the clear."""
-        identity, name = self._owner()
-        prepared = prepare_deployment(self.enclave.keys, identity, model_id, architecture, m, ternary, state)
+        prepared = prepare_deployment(self.enclave.keys, model_id, architecture, m, ternary, state)
         buf = io.BytesIO()
         torch.save(prepared.host_state, buf)
         return self._deploy(
-            {
-                "model_id": model_id,
-                "architecture": architecture,
-                "m": m,
-                "ternary": ternary,
-                "sealed_weights": base64.b64encode(prepared.sealed_weights).decode(),
-                "backnet": base64.b64encode(buf.getvalue()).decode(),
-                "owner": name,
-                "signature": base64.b64encode(prepared.signature).decode(),
-            }
+            DeployModel(
+                model_id=model_id, job_id="", front_digest="", architecture=architecture, m=m, ternary=ternary,
+                sealed_weights=prepared.sealed_weights, slot_paths=[], max_batch=0, auth=UNSIGNED,
+            ),
+            buf.getvalue(),
         )
 
     def input_shape(self, model_id: str) -> tuple[int, ...]:

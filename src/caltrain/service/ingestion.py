@@ -11,9 +11,17 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel
 
 from caltrain.enclave.consortium import Role
-from caltrain.enclave.wire import DatasetInfo, DatasetList, EvidenceReply, GetEvidence, IngestDataset, ListDatasets
+from caltrain.enclave.wire import (
+    Authorization,
+    DatasetList,
+    DatasetReceipt,
+    EvidenceReply,
+    GetEvidence,
+    IngestDataset,
+    ListDatasets,
+)
 from caltrain.errors import ServiceError
-from caltrain.service.state import server
+from caltrain.service.state import server, signed_json
 
 MAX_NONCE_BYTES = 64
 MAX_UPLOAD_BYTES = 4 << 30
@@ -70,42 +78,39 @@ def attestation(request: Request, nonce: str = Query(description="verifier's fre
 @router.post("/datasets", status_code=201)
 async def upload_dataset(
     request: Request,
-    x_caltrain_participant: str = Header(description="submitting participant's name"),
+    x_caltrain_member: str = Header(description="submitting participant's name"),
+    x_caltrain_request_id: str = Header(description="single-use request id (hex) the participant signed"),
+    x_caltrain_auth: str = Header(description="participant's Ed25519 signature of the upload (hex), see docs"),
     x_caltrain_wrapped_key: str = Header(description="container data key, HPKE-wrapped to the enclave, base64"),
-    x_caltrain_signature: str = Header(description="participant's Ed25519 signature of the submission, base64"),
+    x_caltrain_data_policy: str = Header(description="the dataset's data-use policy, canonical JSON, base64"),
 ) -> dict[str, Any]:
-    """Upload one encrypted container (request body). All or nothing: on any error nothing is ingested."""
+    """Upload one encrypted container (request body) with its signed data-use policy. All or nothing: on any
+    error nothing is ingested. The answer carries the receipt the enclave signed for exactly this upload."""
     state = server(request)
-    state.consortium.member(x_caltrain_participant, role=Role.PARTICIPANT)
+    state.consortium.member(x_caltrain_member, role=Role.PARTICIPANT)  # courtesy: refuse before reading the body
     body = await request.body()
     if len(body) > MAX_UPLOAD_BYTES:
         raise ServiceError(f"upload is {len(body)} bytes; the limit is {MAX_UPLOAD_BYTES}")
     msg = IngestDataset(
-        participant=x_caltrain_participant,
         container=body,
         wrapped_key=_b64(x_caltrain_wrapped_key, "wrapped key"),
-        signature=_b64(x_caltrain_signature, "signature"),
+        policy=_b64(x_caltrain_data_policy, "data-use policy"),
+        auth=Authorization(member=x_caltrain_member, request_id=x_caltrain_request_id, signature=x_caltrain_auth),
     )
-    info = await run_in_threadpool(state.enclave.call, msg, DatasetInfo)
-    return {
-        "dataset_id": info.dataset_id,
-        "participant": info.participant,
-        "record_count": info.record_count,
-        "merkle_root": info.merkle_root,
-        "schema": info.schema,
-    }
+    state.courtesy_check(msg)
+    signed, receipt = await run_in_threadpool(state.enclave.call_member, msg, DatasetReceipt)
+    return signed_json(signed, receipt)
 
 
 @router.get("/status")
 def status(request: Request) -> dict[str, Any]:
-    """Datasets ingested (participant, record count, commitment root) and the enclave's identity."""
+    """The enclave's identity and the datasets ingested (participant, record count, commitment root, policy
+    digest): what the containers' plaintext headers show anyway. Jobs are listed to members only (/v1/jobs)."""
     state = server(request)
     ready = state.enclave.ready
     assert ready is not None
     datasets = state.enclave.call(ListDatasets(), DatasetList).datasets
-    jobs = state.extensions.get("jobs")
     return {
         "enclave": {"platform": ready.platform, "measurement": ready.measurement, "simulated": ready.simulated},
         "datasets": datasets,
-        "jobs": [j.to_json() for j in jobs.jobs.values()] if jobs else [],
     }

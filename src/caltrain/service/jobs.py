@@ -1,12 +1,13 @@
-"""Training jobs on the server: each runs the partitioned trainer in a background thread."""
+"""Training jobs on the server: the enclave admits each (a member's signed request), then one worker thread runs
+them in order, driving the partitioned trainer, and builds each job's linkage log."""
 
 from __future__ import annotations
 
 import json
 import logging
+import queue
 import threading
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ from typing import Any
 import torch
 
 from caltrain.enclave.host import EnclaveHost
-from caltrain.enclave.wire import BuildLinkage, LinkageBuilt
+from caltrain.enclave.wire import BuildLinkage, CreateJob, JobCreated, LinkageBuilt, SignedReply
 from caltrain.errors import CaltrainError, ServiceError
 from caltrain.training.config import TrainConfig
 from caltrain.training.partitioned import PartitionedTrainer
@@ -26,21 +27,21 @@ class UnknownJob(ServiceError):
     """No training job has this id (HTTP 404)."""
 
 
-class JobBusy(ServiceError):
-    """Another training job is still running: the enclave trains one job at a time (HTTP 409)."""
-
-
 @dataclass
 class JobRecord:
+    """The host's view of an admitted job: its public spec (the seed stays in the enclave), progress, results."""
+
     job_id: str
     config: TrainConfig
     requested_by: str
+    architecture: str
+    full_enclave: bool
     state: str = "queued"  # queued | running | done | failed
     progress: list[dict[str, Any]] = field(default_factory=list)
     error: str | None = None
-    front_digest: str | None = None
+    result: dict[str, Any] | None = None  # the enclave-signed TrainResult (digests, steps, signature)
     linkage: dict[str, Any] | None = None  # the enclave-signed statement over the linkage log
-    started_at: float = field(default_factory=time.time)
+    created_at: float = field(default_factory=time.time)
     finished_at: float | None = None
 
     def to_json(self) -> dict[str, Any]:
@@ -49,33 +50,41 @@ class JobRecord:
             "state": self.state,
             "requested_by": self.requested_by,
             "config": self.config.to_dict(),
+            "architecture": self.architecture,
+            "full_enclave": self.full_enclave,
             "progress": self.progress,
             "error": self.error,
-            "front_digest": self.front_digest,
+            "result": self.result,
+            "front_digest": self.result["front_digest"] if self.result else None,
             "linkage": self.linkage,
-            "started_at": self.started_at,
+            "created_at": self.created_at,
             "finished_at": self.finished_at,
         }
 
 
 class JobManager:
-    """Runs one training job at a time (the enclave is one process) and keeps every job's record."""
+    """Admits jobs through the enclave and runs them one at a time, first come first served (the enclave is one
+    process); keeps every job's record."""
 
     def __init__(self, enclave: EnclaveHost, state_dir: Path, device: str = "cpu") -> None:
         self._enclave = enclave
         self._dir = state_dir / "jobs"
         self._device = device
-        self._lock = threading.Lock()
         self.jobs: dict[str, JobRecord] = {}
+        self._queue: queue.Queue[JobRecord | None] = queue.Queue()
+        self._worker = threading.Thread(target=self._work, name="caltrain-jobs", daemon=True)
+        self._worker.start()
 
-    def submit(self, config: TrainConfig, requested_by: str) -> JobRecord:
-        with self._lock:
-            if any(j.state in ("queued", "running") for j in self.jobs.values()):
-                raise JobBusy("a training job is already running; wait for it to finish")
-            job = JobRecord(f"job-{uuid.uuid4().hex[:12]}", config, requested_by)
-            self.jobs[job.job_id] = job
-        threading.Thread(target=self._run, args=(job,), name=job.job_id, daemon=True).start()
-        return job
+    def submit(self, request: CreateJob) -> tuple[SignedReply, JobRecord]:
+        """Ask the enclave to admit the member's job; queue it when admitted."""
+        signed, created = self._enclave.call_member(request, JobCreated)
+        job = JobRecord(
+            created.job_id, TrainConfig.from_dict(created.spec), created.created_by, created.architecture,
+            created.full_enclave,
+        )
+        self.jobs[job.job_id] = job
+        self._queue.put(job)
+        return signed, job
 
     def get(self, job_id: str) -> JobRecord:
         try:
@@ -86,9 +95,16 @@ class JobManager:
     def backnet_path(self, job_id: str) -> Path:
         return self._dir / job_id / "backnet.pt"
 
+    def close(self) -> None:
+        self._queue.put(None)
+
+    def _work(self) -> None:
+        while (job := self._queue.get()) is not None:
+            self._run(job)
+
     def _run(self, job: JobRecord) -> None:
         job.state = "running"
-        log.info("job %s started by %s: %s", job.job_id, job.requested_by, job.config.to_dict())
+        log.info("job %s started (admitted for %s): %s", job.job_id, job.requested_by, job.config.to_dict())
         workdir = self._dir / job.job_id
         trainer = None
         try:
@@ -101,9 +117,12 @@ class JobManager:
                 progress=job.progress.append,
             )
             report = trainer.run()
+            assert trainer.result is not None
             torch.save(trainer.back.state_dict(), self.backnet_path(job.job_id))
             (workdir / "report.json").write_text(json.dumps(report.to_dict(), indent=2))
-            job.front_digest = report.front_digest
+            r = trainer.result
+            job.result = {"steps": r.steps, "front_digest": r.front_digest, "back_digest": r.back_digest,
+                          "signature": r.signature.hex()}
             built = self._enclave.call(BuildLinkage(job_id=job.job_id), LinkageBuilt)
             job.linkage = {"records": built.records, "seconds": built.seconds, "statement": built.statement}
             log.info("job %s: linkage log of %d records signed in %.1f s", job.job_id, built.records, built.seconds)

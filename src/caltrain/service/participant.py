@@ -1,4 +1,5 @@
-"""A participant's home directory: its identity, its containers' data keys, and its receipts."""
+"""A member's home directory: its identity and encryption keys, its containers' data keys, data-use policies and
+receipts, and the enclave each dataset was attested to."""
 
 from __future__ import annotations
 
@@ -12,49 +13,86 @@ from typing import Any
 from caltrain.accountability.linkage import LinkageProof, verify_linkage_proof
 from caltrain.crypto import aead
 from caltrain.crypto.container import Receipt, open_container, pack_arrays, read_header, receipt_for
+from caltrain.crypto.hpke import HpkeKeyPair
 from caltrain.crypto.merkle import MerkleTree
 from caltrain.crypto.signing import Identity
 from caltrain.data.datasets import ArrayDataset
+from caltrain.enclave.authority import open_signed_reply
+from caltrain.enclave.consent import ApprovedModel, DataUsePolicy
+from caltrain.enclave.consortium import Member, Role
+from caltrain.enclave.wire import ForensicReply, SignedReply, from_json
 from caltrain.errors import CaltrainError
+from caltrain.models import ZOO
+from caltrain.training.core import architecture_hash
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
 class HomeError(CaltrainError):
-    """A participant home is missing, incomplete, or would be overwritten."""
+    """A member home is missing, incomplete, or would be overwritten."""
+
+
+def default_policy(dataset: ArrayDataset) -> DataUsePolicy:
+    """The cautious starting point `caltrain pack` writes for review: the built-in architectures that fit the
+    data, whole model inside the enclave, no evaluation use, auditors may trace, nobody receives the FrontNet."""
+    fitting = [s for s in ZOO.values() if s.input_shape == tuple(dataset.sample_shape)]
+    return DataUsePolicy(models=[ApprovedModel(name=s.name, architecture=architecture_hash(s.name)) for s in fitting])
 
 
 @dataclass(frozen=True)
-class ParticipantHome:
+class MemberHome:
     root: Path
     name: str
     identity: Identity
+    encryption: HpkeKeyPair
 
     @classmethod
-    def init(cls, root: Path, name: str) -> ParticipantHome:
+    def init(cls, root: Path, name: str) -> MemberHome:
         if not _NAME.match(name):
             raise HomeError(f"name {name!r}: use 1-64 letters, digits, '.', '_' or '-'")
-        if (root / "identity.pem").exists():
+        if (root / "identity.pem").exists() or (root / "encryption.key").exists():
             raise HomeError(f"{root} already holds an identity; refusing to overwrite it")
-        identity = Identity.generate()
-        identity.save(root / "identity.pem")
-        (root / "profile.json").write_text(json.dumps({"name": name, "public_key": identity.public_key.hex()}) + "\n")
-        return cls(root, name, identity)
+        identity, encryption = Identity.generate(), HpkeKeyPair.generate()
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            identity.save(root / "identity.pem")
+            _write_private(root / "encryption.key", encryption.private_bytes())
+            profile = {"name": name, "public_key": identity.public_key.hex(),
+                       "encryption_key": encryption.public_bytes.hex()}
+            (root / "profile.json").write_text(json.dumps(profile) + "\n")
+        except OSError as exc:
+            raise HomeError(f"cannot create a home in {root}: {exc.strerror or exc}") from None
+        return cls(root, name, identity, encryption)
 
     @classmethod
-    def load(cls, root: Path) -> ParticipantHome:
+    def load(cls, root: Path) -> MemberHome:
         try:
             profile = json.loads((root / "profile.json").read_text())
             identity = Identity.load(root / "identity.pem")
-        except (OSError, ValueError) as exc:
+            encryption = HpkeKeyPair.from_private_bytes((root / "encryption.key").read_bytes())
+        except (OSError, ValueError, CaltrainError) as exc:
             raise HomeError(f"{root} is not a caltrain home (run `caltrain participant init`): {exc}") from None
-        if profile.get("public_key") != identity.public_key.hex():
-            raise HomeError(f"{root}: profile.json does not match identity.pem")
-        return cls(root, str(profile["name"]), identity)
+        if (profile.get("public_key"), profile.get("encryption_key")) != (
+            identity.public_key.hex(),
+            encryption.public_bytes.hex(),
+        ):
+            raise HomeError(f"{root}: profile.json does not match the keys in this home")
+        return cls(root, str(profile["name"]), identity, encryption)
+
+    def member(self, roles: frozenset[Role]) -> Member:
+        """This home as a consortium entry."""
+        return Member(self.name, roles, self.identity.public_key, self.encryption.public_bytes)
 
     def pack(self, dataset: ArrayDataset, out: Path, *, dataset_id: str | None = None) -> Receipt:
-        """Encrypt and sign `dataset` into a container; keep its data key and receipt in this home."""
+        """Encrypt and sign `dataset` into a new container; keep its data key, receipt and a default data-use
+        policy (to review before submitting) in this home. Writes nothing if any of them exists already."""
         dataset_id = dataset_id or f"{self.name}-{os.urandom(4).hex()}"
+        targets = [out, self._key_path(dataset_id), self._receipt_path(dataset_id), self.policy_path(dataset_id)]
+        taken = [p for p in targets if p.exists()]
+        if taken:
+            raise HomeError(f"{taken[0]} exists; refusing to overwrite it (pick another --dataset-id or --out)")
+        if not out.parent.is_dir():
+            raise HomeError(f"folder {out.parent} does not exist")
         data_key = aead.new_key()
         container = pack_arrays(
             dataset.x.tobytes(),
@@ -66,17 +104,24 @@ class ParticipantHome:
             data_key=data_key,
             schema={"shape": list(dataset.sample_shape), "dtype": "float32", "num_classes": dataset.num_classes},
         )
-        out.write_bytes(container)
-        self._write_private(self.root / "keys" / f"{dataset_id}.key", data_key)
         header, signature = read_header(container)
         receipt = receipt_for(header, signature)
-        (self.root / "receipts").mkdir(exist_ok=True)
-        (self.root / "receipts" / f"{dataset_id}.json").write_text(receipt.to_json())
+        _write_private(self._key_path(dataset_id), data_key)
+        _atomic_write(self._receipt_path(dataset_id), receipt.to_json().encode())
+        _atomic_write(self.policy_path(dataset_id), json.dumps(default_policy(dataset).to_dict(), indent=2).encode())
+        _atomic_write(out, container)
         return receipt
+
+    def policy_path(self, dataset_id: str) -> Path:
+        return self.root / "policies" / f"{dataset_id}.json"
+
+    def policy(self, dataset_id: str) -> DataUsePolicy:
+        return DataUsePolicy.load(self.policy_path(dataset_id))
 
     def remember_enclave(self, dataset_id: str, enclave: dict[str, str]) -> None:
         """Keep the identity of the enclave this dataset was attested to: later proofs must be signed by it."""
-        (self.root / "receipts" / f"{dataset_id}.enclave.json").write_text(json.dumps(enclave, sort_keys=True))
+        path = self.root / "receipts" / f"{dataset_id}.enclave.json"
+        _atomic_write(path, json.dumps(enclave, sort_keys=True).encode())
 
     def enclave_for(self, dataset_id: str) -> dict[str, str]:
         try:
@@ -85,16 +130,31 @@ class ParticipantHome:
             raise HomeError(f"no attested enclave recorded for dataset {dataset_id!r}: was it submitted?") from None
         return data
 
-    def verify_trace(self, report: dict[str, Any], containers: list[Path]) -> int:
-        """Check, offline, every forensic answer that names this participant: the record is in the log signed by
-        the enclave attested at submission, and its instance hash is one this participant committed to at upload
-        (rebuilt from its own containers). Returns how many records were checked; raises on the first failure."""
+    def verify_trace(self, trace: dict[str, Any], containers: list[Path]) -> int:
+        """Check, offline, a forensic report that names this member: first that the enclave attested at submission
+        signed the whole report; then every answer record naming this member is in the log that enclave signed
+        for the traced job, and its instance hash is one this member committed to at upload (rebuilt from its own
+        containers). Returns how many records were checked; raises on the first failure."""
         trees: dict[str, tuple[bytes, MerkleTree]] = {}
         for path in containers:
             blob = path.read_bytes()
             header, _ = read_header(blob)
             opened = open_container(blob, self.data_key(header.dataset_id), participant_key=self.identity.public_key)
-            trees[header.dataset_id] = (header.merkle_root, MerkleTree(list(opened.record_hashes)))
+            trees[f"{self.name}/{header.dataset_id}"] = (header.merkle_root, MerkleTree(list(opened.record_hashes)))
+        if not trees:
+            raise HomeError("pass the container(s) of yours the report may name")
+        enclaves = {json.dumps(self.enclave_for(d.partition("/")[2]), sort_keys=True) for d in trees}
+        if len(enclaves) != 1:
+            raise HomeError("your containers were submitted to different enclaves; verify one enclave's report at once")
+        enclave = json.loads(enclaves.pop())
+        try:
+            signed = from_json(SignedReply, trace["signed"])
+        except (KeyError, TypeError) as exc:
+            raise HomeError(f"not a trace report written by `caltrain trace` (no signed answer): {exc!r}") from None
+        report = open_signed_reply(
+            signed, enclave_key=bytes.fromhex(enclave["signing_key"]), request=signed.request_digest,
+            expect=ForensicReply,
+        ).report
         checked = 0
         for answer in report["answers"]:
             for entry in answer["records"]:
@@ -104,11 +164,11 @@ class ParticipantHome:
                 if proof.record.dataset_id not in trees:
                     raise HomeError(f"an answer names your dataset {proof.record.dataset_id!r}: pass its container")
                 root, tree = trees[proof.record.dataset_id]
-                enclave = self.enclave_for(proof.record.dataset_id)
                 verify_linkage_proof(
                     proof,
                     bytes.fromhex(enclave["signing_key"]),
                     measurement=bytes.fromhex(enclave["measurement"]),
+                    job_id=str(report["job_id"]),
                     contributor=self.name,
                     receipt_root=root,
                     receipt_proof=tree.proof(proof.record.dataset_index),
@@ -116,18 +176,39 @@ class ParticipantHome:
                 checked += 1
         return checked
 
+    def _key_path(self, dataset_id: str) -> Path:
+        return self.root / "keys" / f"{dataset_id}.key"
+
+    def _receipt_path(self, dataset_id: str) -> Path:
+        return self.root / "receipts" / f"{dataset_id}.json"
+
     def data_key(self, dataset_id: str) -> bytes:
         try:
-            return (self.root / "keys" / f"{dataset_id}.key").read_bytes()
+            return self._key_path(dataset_id).read_bytes()
         except OSError:
             raise HomeError(f"no data key for dataset {dataset_id!r} in {self.root}") from None
 
     def receipt(self, dataset_id: str) -> Receipt:
-        return Receipt.from_json((self.root / "receipts" / f"{dataset_id}.json").read_text())
+        try:
+            return Receipt.from_json(self._receipt_path(dataset_id).read_text())
+        except OSError:
+            raise HomeError(f"no receipt for dataset {dataset_id!r} in {self.root}: not packed here") from None
 
-    @staticmethod
-    def _write_private(path: Path, data: bytes) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
+
+def _write_private(path: Path, data: bytes) -> None:
+    """Create `path` readable by its owner only; never replaces an existing file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    """Write through a temporary file and a rename: a crash leaves the old file or the new one, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -1,16 +1,31 @@
-"""What every route reaches through `request.app.state`: the enclave proxy, the consortium, the authenticator."""
+"""What every route reaches through `request.app.state`, and the helpers routes share to forward member requests.
+
+The host is a courier: a member's request to the enclave travels as the wire message the member signed (JSON,
+`caltrain.enclave.wire.to_json`), or sealed to the enclave, and the enclave decides. The checks here mirror the
+enclave's (same function, same consortium) only to refuse early; they are a courtesy, never the protection.
+"""
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import Request
+from fastapi.concurrency import run_in_threadpool
 
-from caltrain.enclave.consortium import Consortium, Member, Role
+from caltrain.enclave.authority import verify_authorization
+from caltrain.enclave.consortium import Consortium, Member
 from caltrain.enclave.host import EnclaveHost
+from caltrain.enclave.wire import ROUTES, Members, Message, SealedReply, SealedRequest, WireError, from_json, to_json
+from caltrain.errors import ServiceError
 from caltrain.service.auth import RequestAuthenticator
+
+M = TypeVar("M", bound=Message)
+MAX_JSON_BYTES = 64 << 20
 
 
 @dataclass
@@ -21,6 +36,10 @@ class ServerState:
     state_dir: Path
     extensions: dict[str, Any] = field(default_factory=dict)
 
+    def courtesy_check(self, msg: Message) -> Member:
+        """The enclave's own authorization check, run early on the host (it cannot see replays)."""
+        return verify_authorization(msg, ROUTES[type(msg)], self.consortium, self.enclave.keys)
+
 
 def server(request: Request) -> ServerState:
     state = request.app.state.server
@@ -28,8 +47,57 @@ def server(request: Request) -> ServerState:
     return state
 
 
-async def authenticated(request: Request, role: Role | None = None) -> Member:
-    """The consortium member who signed this request (with `role`, if given), or an `AuthError`."""
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+async def json_body(request: Request, limit: int = MAX_JSON_BYTES) -> Any:
+    """The request body as strict JSON (UTF-8, no NaN or infinity), or a `ServiceError` naming what is wrong."""
+    body = await request.body()
+    if len(body) > limit:
+        raise ServiceError(f"body of {len(body)} bytes; the limit is {limit}")
+    try:
+        return json.loads(body.decode("utf-8"), parse_constant=_reject_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise ServiceError(f"body must be JSON: {exc}") from None
+
+
+async def authenticated(request: Request, roles: frozenset[Any] | None = None) -> Member:
+    """The consortium member who signed this HTTP request (holding one of `roles`, if given), or an `AuthError`."""
     body = await request.body()
     path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-    return server(request).auth.authenticate(request.method, path, request.headers, body, role=role)
+    return server(request).auth.authenticate(request.method, path, request.headers, body, roles=roles)
+
+
+async def member_request(request: Request, cls: type[M]) -> M:
+    """A member's signed request from the JSON body, checked early as a courtesy."""
+    try:
+        msg = from_json(cls, await json_body(request))
+    except WireError as exc:
+        raise ServiceError(f"malformed {cls.__name__}: {exc}") from None
+    server(request).courtesy_check(msg)
+    return msg
+
+
+async def forward_sealed(request: Request, inner: type[Message]) -> dict[str, str]:
+    """Pass a sealed member request (whose inner type the route names) to the enclave and its sealed answer back.
+
+    The host cannot read either; it only checks, as a courtesy, that the HTTP request is signed by a member
+    holding a role the inner request's route admits.
+    """
+    sender = ROUTES[inner].sender
+    assert isinstance(sender, Members)
+    await authenticated(request, sender.roles)
+    body = await json_body(request)
+    try:
+        ciphertext = base64.b64decode(body["sealed"], validate=True)
+    except (KeyError, TypeError, binascii.Error, ValueError):
+        raise ServiceError('body must be {"sealed": BASE64}') from None
+    sealed = await run_in_threadpool(server(request).enclave.call, SealedRequest(ciphertext=ciphertext), SealedReply)
+    return {"sealed": base64.b64encode(sealed.ciphertext).decode()}
+
+
+def signed_json(signed: Message, reply: Message) -> dict[str, Any]:
+    """A signed answer as the member receives it, with its content readable beside it (the member trusts only
+    the signed form)."""
+    return {"signed": to_json(signed), "reply": to_json(reply)}

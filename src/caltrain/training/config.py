@@ -24,7 +24,9 @@ class TrainConfig(JsonFileModel):
     lr: float = Field(default=0.05, gt=0)
     momentum: float = Field(default=0.9, ge=0, lt=1)
     weight_decay: float = Field(default=0.0, ge=0)
-    seed: int = 0
+    seed: int | None = Field(
+        default=None, description="set by the enclave when it admits a job (never by the requester); plain runs set it"
+    )
     augment: bool = True
     datasets: list[str] = Field(default_factory=list, description="training dataset ids; empty = all but eval")
     eval_datasets: list[str] = Field(default_factory=list, description="held-out dataset ids for accuracy")

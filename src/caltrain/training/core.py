@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from caltrain.crypto.hashing import tagged_hash
+from caltrain.errors import TrainingError
 from caltrain.models import Partition, build_model, partition
 from caltrain.training.config import TrainConfig
 
@@ -49,6 +51,8 @@ def augment(x: torch.Tensor, seed: int, step: int) -> torch.Tensor:
 
 def training_batch(x: torch.Tensor, y: torch.Tensor, config: TrainConfig, step: int) -> tuple[torch.Tensor, ...]:
     """Inputs and labels of global step `step`: epoch order, slice, augmentation."""
+    if config.seed is None:
+        raise TrainingError("training needs a seed (the enclave draws one when it admits a job)")
     spe = steps_per_epoch(len(y), config.batch_size)
     epoch, k = divmod(step, spe)
     idx = batch_index(epoch_order(len(y), config.seed, epoch), k, config.batch_size)
@@ -59,9 +63,15 @@ def training_batch(x: torch.Tensor, y: torch.Tensor, config: TrainConfig, step: 
 
 
 def build_split(config: TrainConfig) -> tuple[nn.Module, Partition]:
-    """The model at its seeded initial weights, and its partition at `frontnet_layers`."""
+    """The model at its seeded initial weights (unseeded without a seed: the host's structure only), and its
+    partition at `frontnet_layers`."""
     model = build_model(config.model, seed=config.seed)
     return model, partition(model, config.frontnet_layers)
+
+
+def architecture_hash(model: str) -> str:
+    """The canonical hash a data-use policy approves an architecture by."""
+    return tagged_hash("caltrain/architecture/v0", repr(build_model(model)).encode()).hex()
 
 
 def make_optimizer(params: list[nn.Parameter], config: TrainConfig) -> torch.optim.Optimizer:

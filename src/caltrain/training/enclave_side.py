@@ -1,54 +1,69 @@
-"""CalTrain's trusted half: data order, augmentation, FrontNet forward/backward/update, sealed checkpoints.
+"""CalTrain's trusted half: job admission, data order, augmentation, FrontNet forward/backward/update, sealed
+checkpoints, the sealed job registry.
 
-Runs inside the enclave process. Only IRs, their gradients and labels cross to the host (labels: the loss
-runs outside, DESIGN.md §2); weights leave only sealed, or encrypted to a recipient key.
+Runs inside the enclave process. A job exists only once an owner's signed spec was admitted against every
+dataset's data-use policy; its id and seed come from enclave randomness and the registry (sealed, pinned by a
+monotonic counter) never lets an id train twice. In partitioned mode only IRs, their gradients and labels cross
+to the host (the loss runs outside); in full-enclave mode nothing but timing does. Weights leave only sealed, or
+encrypted to a member the datasets' policies name.
 """
 
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass
+import json
+import secrets
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
-from caltrain.crypto.errors import CryptoError
 from caltrain.crypto.hashing import tagged_hash
-from caltrain.crypto.hpke import seal_to
+from caltrain.enclave.consent import DataUsePolicy, check_grant, check_job_use
+from caltrain.enclave.consortium import Member
 from caltrain.enclave.datastore import IngestedDataset
-from caltrain.enclave.errors import SealedStateError
 from caltrain.enclave.ingest import datasets
-from caltrain.enclave.protocol import export_info
-from caltrain.enclave.runtime import EnclaveContext, ecall
+from caltrain.enclave.protocol import job_result_digest
+from caltrain.enclave.runtime import EnclaveContext, ecall, on_boot
+from caltrain.enclave.sealed_state import CountedState
 from caltrain.enclave.shm import SharedTensor
 from caltrain.enclave.wire import (
     BackwardOut,
+    CreateJob,
     Exported,
-    ExportFrontNet,
+    ExportModel,
     ForwardOut,
     FrontBackward,
     FrontForward,
+    JobCreated,
+    StepsDone,
     TrainEnd,
     TrainReady,
     TrainResult,
     TrainStart,
+    TrainSteps,
 )
 from caltrain.errors import DataError, TrainingError
-from caltrain.models import Partition
+from caltrain.models import Partition, candidate_cuts
 from caltrain.training.config import TrainConfig
 from caltrain.training.core import (
+    architecture_hash,
     build_split,
     is_checkpoint_step,
+    loss_fn,
     make_optimizer,
     state_digest,
     steps_per_epoch,
     training_batch,
 )
-from caltrain.training.errors import CheckpointRollback, NoActiveJob, StepOutOfOrder
+from caltrain.training.errors import JobRefused, NoActiveJob, StepOutOfOrder
 
 JOB = "training-job"
+REGISTRY = "job-registry"
+MODELS = "models"
 EVAL_BATCH = 512
+MAX_STEPS_PER_CALL = 1 << 16
 
 
 def stack_datasets(parts: list[IngestedDataset]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -63,6 +78,131 @@ def stack_datasets(parts: list[IngestedDataset]) -> tuple[torch.Tensor, torch.Te
     return torch.from_numpy(x), torch.from_numpy(y)
 
 
+# --- the job registry ------------------------------------------------------------------------------------
+
+
+@dataclass
+class JobEntry:
+    """What the enclave remembers of an admitted job across restarts (sealed; the seed never leaves sealed)."""
+
+    job_id: str
+    spec: dict[str, Any]  # the admitted TrainConfig, seed included
+    created_by: str
+    architecture: str
+    state: str = "admitted"  # admitted -> trained -> linked
+    front_digest: str = ""
+    back_digest: str = ""
+    log_id: str = ""
+
+    @property
+    def config(self) -> TrainConfig:
+        return TrainConfig.from_dict(self.spec)
+
+    @property
+    def dataset_ids(self) -> list[str]:
+        return list(self.config.datasets)
+
+
+class JobRegistry:
+    """Every job this enclave admitted, sealed and counter-pinned: an id is never admitted or trained twice."""
+
+    def __init__(self, state: CountedState, entries: dict[str, JobEntry]) -> None:
+        self._state = state
+        self.entries = entries
+
+    @classmethod
+    def load(cls, ctx: EnclaveContext) -> JobRegistry:
+        state = CountedState(
+            ctx.state_dir / "jobs.sealed",
+            label="job-registry/v1",
+            counter="job-registry",
+            sealer=ctx.sealer,
+            counters=ctx.counters,
+        )
+        raw = state.load()
+        entries = {e["job_id"]: JobEntry(**e) for e in json.loads(raw)} if raw is not None else {}
+        return cls(state, entries)
+
+    def get(self, job_id: str) -> JobEntry:
+        try:
+            return self.entries[job_id]
+        except KeyError:
+            raise NoActiveJob(f"the enclave admitted no job {job_id!r}") from None
+
+    def put(self, entry: JobEntry) -> None:
+        entries = {**self.entries, entry.job_id: entry}
+        self._state.save(json.dumps([asdict(e) for e in entries.values()]).encode())
+        self.entries = entries
+
+
+@on_boot
+def restore_jobs(ctx: EnclaveContext) -> None:
+    ctx.extensions[REGISTRY] = JobRegistry.load(ctx)
+
+
+def jobs(ctx: EnclaveContext) -> JobRegistry:
+    registry = ctx.extensions[REGISTRY]
+    assert isinstance(registry, JobRegistry)
+    return registry
+
+
+def policies(ctx: EnclaveContext, dataset_ids: list[str]) -> dict[str, DataUsePolicy]:
+    store = datasets(ctx)
+    return {i: store.get(i).policy for i in dataset_ids}
+
+
+def total_blocks(config: TrainConfig) -> int:
+    model, _ = build_split(config.model_copy(update={"frontnet_layers": 1, "seed": 0}))
+    return len(candidate_cuts(model))
+
+
+@ecall(CreateJob)
+def create_job(ctx: EnclaveContext, req: CreateJob, member: Member) -> JobCreated:
+    """Admit an owner's job spec if every dataset's policy allows it; the enclave picks its id and seed."""
+    config = TrainConfig.from_dict(req.spec)
+    if config.seed is not None:
+        raise JobRefused("a job spec names no seed: initial weights and data order come from enclave randomness")
+    store = datasets(ctx)
+    eval_ids = list(config.eval_datasets)
+    train_ids = list(config.datasets) or [i for i in store.datasets if i not in eval_ids]
+    if not train_ids:
+        raise JobRefused("no training datasets have been ingested")
+    if set(train_ids) & set(eval_ids):
+        raise JobRefused(f"datasets {sorted(set(train_ids) & set(eval_ids))} cannot both train and evaluate")
+    blocks = total_blocks(config)
+    if not 1 <= config.frontnet_layers <= blocks:
+        raise JobRefused(f"frontnet_layers {config.frontnet_layers} is out of range: {config.model} has {blocks}")
+    architecture = architecture_hash(config.model)
+    schema = ctx.config.consortium.schema
+    for i in train_ids + eval_ids:
+        store.get(i)  # every named dataset exists
+    for ids, use in ((train_ids, "training"), (eval_ids, "evaluation")):
+        check_job_use(
+            policies(ctx, ids), use=use, model=config.model, architecture=architecture,  # type: ignore[arg-type]
+            frontnet_blocks=config.frontnet_layers, total_blocks=blocks,
+        )
+    if schema is not None:
+        model, _ = build_split(config.model_copy(update={"seed": 0}))
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, *schema.shape))  # the datasets' shape must fit the model
+    admitted = config.model_copy(update={"datasets": train_ids, "seed": secrets.randbits(63)})
+    entry = JobEntry(
+        job_id=f"job-{secrets.token_hex(16)}",
+        spec=admitted.to_dict(),
+        created_by=member.name,
+        architecture=architecture,
+    )
+    jobs(ctx).put(entry)
+    public = {k: v for k, v in entry.spec.items() if k != "seed"}
+    return JobCreated(
+        job_id=entry.job_id, spec=public, architecture=architecture, created_by=member.name,
+        full_enclave=config.frontnet_layers == blocks,
+    )
+
+
+# --- a running job ---------------------------------------------------------------------------------------
+
+
 @dataclass
 class Job:
     job_id: str
@@ -75,9 +215,11 @@ class Job:
     part: Partition
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
-    ir: SharedTensor
-    grad: SharedTensor
-    labels: SharedTensor
+    full_enclave: bool
+    ir: SharedTensor | None
+    grad: SharedTensor | None
+    labels: SharedTensor | None
+    checkpoints: CountedState
     next_step: int = 0
     pending: torch.Tensor | None = None  # the last train IR, with its graph, awaiting its gradient
 
@@ -89,16 +231,17 @@ class Job:
     def total_steps(self) -> int:
         return self.spe * self.config.epochs
 
-    @property
-    def counter_name(self) -> str:
-        return "ckpt-" + tagged_hash("caltrain/job", self.job_id.encode()).hex()[:16]
+    def slots(self) -> tuple[SharedTensor, SharedTensor, SharedTensor]:
+        if self.ir is None or self.grad is None or self.labels is None:
+            raise StepOutOfOrder(f"job {self.job_id} runs wholly in the enclave: nothing crosses per step")
+        return self.ir, self.grad, self.labels
 
 
 def finished_job(ctx: EnclaveContext, job_id: str) -> Job:
     """A job whose training ended: the enclave holds its whole model (FrontNet + the host's final BackNet)."""
-    job = ctx.extensions.get("models", {}).get(job_id)
+    job = ctx.extensions.get(MODELS, {}).get(job_id)
     if not isinstance(job, Job):
-        raise NoActiveJob(f"no finished job {job_id!r}")
+        raise NoActiveJob(f"no finished job {job_id!r} in the enclave")
     return job
 
 
@@ -109,81 +252,81 @@ def _job(ctx: EnclaveContext, job_id: str | None = None) -> Job:
     return job
 
 
-def _checkpoint_label(job: Job) -> str:
-    return f"checkpoint/{job.job_id}"
+def _checkpoints(ctx: EnclaveContext, job_id: str) -> CountedState:
+    name = "ckpt-" + tagged_hash("caltrain/job", job_id.encode()).hex()[:16]
+    return CountedState(
+        ctx.state_dir / "jobs" / name / "checkpoint.sealed",
+        label=f"checkpoint/{job_id}",
+        counter=name,
+        sealer=ctx.sealer,
+        counters=ctx.counters,
+    )
 
 
-def _checkpoint_path(ctx: EnclaveContext, job: Job) -> Any:
-    directory = ctx.state_dir / "jobs" / job.counter_name
-    directory.mkdir(parents=True, exist_ok=True)
-    return directory / "checkpoint.sealed"
-
-
-def save_checkpoint(ctx: EnclaveContext, job: Job) -> None:
-    """Seal weights, optimizer, RNG and data position, bound to the next counter value, then bump it."""
-    version = ctx.counters.counter_read(job.counter_name) + 1
+def save_checkpoint(job: Job) -> None:
+    """Seal weights, optimizer, RNG and data position; the counter pins this as the newest."""
     state = {
-        "version": version,
         "job_id": job.job_id,
         "config": job.config.to_dict(),
         "next_step": job.next_step,
-        "front": job.part.front.state_dict(),
+        "model": job.model.state_dict(),
         "optimizer": job.optimizer.state_dict(),
         "torch_rng": torch.get_rng_state(),
     }
     buf = io.BytesIO()
     torch.save(state, buf)
-    ctx.sealer.seal_file(_checkpoint_path(ctx, job), buf.getvalue(), label=_checkpoint_label(job))
-    ctx.counters.counter_increment(job.counter_name)
+    job.checkpoints.save(buf.getvalue())
 
 
-def load_checkpoint(ctx: EnclaveContext, job: Job) -> None:
-    """Resume from the newest sealed checkpoint; a tampered or older one is refused."""
-    path = _checkpoint_path(ctx, job)
-    expected = ctx.counters.counter_read(job.counter_name)
-    if not path.exists():
-        if expected:
-            raise CheckpointRollback(f"job {job.job_id}: checkpoint #{expected} is missing")
+def load_checkpoint(job: Job) -> None:
+    """Resume from the newest sealed checkpoint; a tampered, older or missing one is refused."""
+    raw = job.checkpoints.load()
+    if raw is None:
         return
-    try:
-        raw = ctx.sealer.unseal_file(path, label=_checkpoint_label(job))
-    except CryptoError as exc:
-        raise SealedStateError(f"job {job.job_id}: checkpoint does not unseal: {exc}") from None
     state = torch.load(io.BytesIO(raw), weights_only=True)
-    # A crash between sealing and bumping the counter leaves the newest checkpoint one ahead: accept it.
-    if state["version"] == expected + 1:
-        ctx.counters.counter_increment(job.counter_name)
-    elif state["version"] != expected:
-        raise CheckpointRollback(
-            f"job {job.job_id}: checkpoint #{state['version']} presented, but the newest sealed was #{expected}"
-        )
     if state["job_id"] != job.job_id or state["config"] != job.config.to_dict():
-        raise SealedStateError(f"checkpoint belongs to another job or configuration than {job.job_id}")
-    job.part.front.load_state_dict(state["front"])
+        raise TrainingError(f"checkpoint belongs to another job or configuration than {job.job_id}")
+    if job.full_enclave:
+        job.model.load_state_dict(state["model"])
+    else:
+        job.part.front.load_state_dict({k: v for k, v in state["model"].items() if k in job.part.front.state_dict()})
     job.optimizer.load_state_dict(state["optimizer"])
     torch.set_rng_state(state["torch_rng"])
     job.next_step = int(state["next_step"])
 
 
+def _state_bytes(module: torch.nn.Module) -> bytes:
+    buf = io.BytesIO()
+    torch.save(module.state_dict(), buf)
+    return buf.getvalue()
+
+
 @ecall(TrainStart)
 def start(ctx: EnclaveContext, req: TrainStart) -> TrainReady:
-    config = TrainConfig.from_dict(req.config)
+    entry = jobs(ctx).get(req.job_id)
+    if entry.state != "admitted":
+        raise StepOutOfOrder(f"job {entry.job_id} already finished training ({entry.state}); a job trains once")
+    config = entry.config
     store = datasets(ctx)
-    eval_ids = list(config.eval_datasets)
-    train_ids = list(config.datasets) or [i for i in store.datasets if i not in eval_ids]
-    if not train_ids:
-        raise DataError("no training datasets have been ingested")
-    sources = [store.get(i) for i in train_ids]
+    sources = [store.get(i) for i in config.datasets]
     x, y = stack_datasets(sources)
-    if eval_ids:
-        eval_x, eval_y = stack_datasets([store.get(i) for i in eval_ids])
+    if config.eval_datasets:
+        eval_x, eval_y = stack_datasets([store.get(i) for i in config.eval_datasets])
     else:
         eval_x, eval_y = x[:0], y[:0]
     model, part = build_split(config)
     model.train()
-    ir_shape = list(part.front(x[:1]).shape[1:])
+    full = part.full_enclave
+    ir_shape = list(model(x[:1]).shape[1:]) if full else list(part.front(x[:1]).shape[1:])
+    slots: tuple[SharedTensor | None, ...] = (None, None, None)
+    if not full:
+        slots = (
+            SharedTensor(req.ir_path, req.slot_capacity, "float32"),
+            SharedTensor(req.grad_path, req.slot_capacity, "float32"),
+            SharedTensor(req.label_path, max(config.batch_size, EVAL_BATCH), "int64"),
+        )
     job = Job(
-        job_id=req.job_id,
+        job_id=entry.job_id,
         config=config,
         sources=sources,
         x=x,
@@ -192,35 +335,40 @@ def start(ctx: EnclaveContext, req: TrainStart) -> TrainReady:
         eval_y=eval_y,
         part=part,
         model=model,
-        optimizer=make_optimizer(list(part.front.parameters()), config),
-        ir=SharedTensor(req.ir_path, req.slot_capacity, "float32"),
-        grad=SharedTensor(req.grad_path, req.slot_capacity, "float32"),
-        labels=SharedTensor(req.label_path, max(config.batch_size, EVAL_BATCH), "int64"),
+        optimizer=make_optimizer(list((model if full else part.front).parameters()), config),
+        full_enclave=full,
+        ir=slots[0],
+        grad=slots[1],
+        labels=slots[2],
+        checkpoints=_checkpoints(ctx, entry.job_id),
     )
+    backnet = b"" if full else _state_bytes(part.back)  # initial weights, before any checkpoint is applied
     if req.resume:
-        load_checkpoint(ctx, job)
+        load_checkpoint(job)
     else:
-        ctx.counters.counter_increment(job.counter_name)  # a fresh run supersedes any earlier checkpoint
-        save_checkpoint(ctx, job)
+        save_checkpoint(job)
     ctx.extensions[JOB] = job
     return TrainReady(
         train_records=len(y),
-        eval_records=len(eval_y),
+        eval_records=len(eval_y) if not full else 0,
         steps_per_epoch=job.spe,
         total_steps=job.total_steps,
         next_step=job.next_step,
         ir_shape=ir_shape,
+        full_enclave=full,
+        backnet=backnet,
     )
 
 
 def _train_forward(job: Job, step: int) -> tuple[int, str]:
+    ir_slot, _, label_slot = job.slots()
     if step != job.next_step or job.pending is not None or step >= job.total_steps:
         raise StepOutOfOrder(f"forward of step {step} requested; the next step is {job.next_step}")
     xb, yb = training_batch(job.x, job.y, job.config, step)
     ir = job.part.front(xb)
     job.pending = ir
-    layout = job.ir.put(ir)
-    job.labels.view(yb.shape).copy_(yb)
+    layout = ir_slot.put(ir)
+    label_slot.view(yb.shape).copy_(yb)
     return len(yb), layout
 
 
@@ -232,25 +380,27 @@ def forward(ctx: EnclaveContext, req: FrontForward) -> ForwardOut:
         return ForwardOut(batch=batch, layout=layout)
     if req.phase != "eval":
         raise StepOutOfOrder(f"unknown phase {req.phase!r}")
+    ir_slot, _, label_slot = job.slots()
     start_at = req.index * EVAL_BATCH
-    if not 0 <= start_at < len(job.eval_y):
+    if not 0 <= start_at < len(job.eval_y):  # only datasets whose policies allow evaluation were admitted as eval
         raise StepOutOfOrder(f"eval batch {req.index} is out of range")
     xb, yb = job.eval_x[start_at : start_at + EVAL_BATCH], job.eval_y[start_at : start_at + EVAL_BATCH]
     job.part.front.eval()
     with torch.no_grad():
         ir = job.part.front(xb)
     job.part.front.train()
-    layout = job.ir.put(ir)
-    job.labels.view(yb.shape).copy_(yb)
+    layout = ir_slot.put(ir)
+    label_slot.view(yb.shape).copy_(yb)
     return ForwardOut(batch=len(yb), layout=layout)
 
 
 @ecall(FrontBackward)
 def backward(ctx: EnclaveContext, req: FrontBackward) -> BackwardOut:
     job = _job(ctx)
+    _, grad_slot, _ = job.slots()
     if job.pending is None or req.step != job.next_step:
         raise StepOutOfOrder(f"backward of step {req.step} requested; awaiting step {job.next_step}")
-    grad = job.grad.view(tuple(job.pending.shape), req.grad_layout).clone(memory_format=torch.preserve_format)
+    grad = grad_slot.view(tuple(job.pending.shape), req.grad_layout).clone(memory_format=torch.preserve_format)
     if not torch.isfinite(grad).all():
         raise StepOutOfOrder(f"gradient for step {req.step} holds NaN or infinity; step not applied")
     job.optimizer.zero_grad(set_to_none=True)
@@ -260,30 +410,74 @@ def backward(ctx: EnclaveContext, req: FrontBackward) -> BackwardOut:
     job.next_step += 1
     checkpoint = is_checkpoint_step(job.next_step, job.spe, job.config)
     if checkpoint:
-        save_checkpoint(ctx, job)
+        save_checkpoint(job)
     next_batch, layout = _train_forward(job, job.next_step) if req.forward_next else (0, "contiguous")
     return BackwardOut(checkpointed=checkpoint, next_batch=next_batch, next_layout=layout)
+
+
+@ecall(TrainSteps)
+def train_steps(ctx: EnclaveContext, req: TrainSteps) -> StepsDone:
+    """Full-enclave mode: the whole step (forward, loss, backward, update) runs here; labels never leave."""
+    job = _job(ctx, req.job_id)
+    if not job.full_enclave:
+        raise StepOutOfOrder(f"job {job.job_id} is partitioned: the host runs the BackNet step by step")
+    if not 1 <= req.steps <= MAX_STEPS_PER_CALL:
+        raise StepOutOfOrder(f"steps must be 1..{MAX_STEPS_PER_CALL}")
+    checkpointed = False
+    for _ in range(min(req.steps, job.total_steps - job.next_step)):
+        xb, yb = training_batch(job.x, job.y, job.config, job.next_step)
+        loss = loss_fn(job.model(xb), yb)
+        job.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        job.optimizer.step()
+        job.next_step += 1
+        if is_checkpoint_step(job.next_step, job.spe, job.config):
+            save_checkpoint(job)
+            checkpointed = True
+    return StepsDone(next_step=job.next_step, checkpointed=checkpointed)
 
 
 @ecall(TrainEnd)
 def end(ctx: EnclaveContext, req: TrainEnd) -> TrainResult:
     job = _job(ctx, req.job_id)
-    if job.next_step != job.total_steps:
+    if job.next_step != job.total_steps or job.pending is not None:
         raise StepOutOfOrder(f"job {job.job_id} ran {job.next_step} of {job.total_steps} steps")
-    try:
-        job.part.back.load_state_dict(torch.load(io.BytesIO(req.backnet), weights_only=True), strict=True)
-    except (RuntimeError, ValueError, KeyError, EOFError, OSError) as exc:
-        raise TrainingError(f"the BackNet sent for job {job.job_id} does not fit the model: {exc}") from None
+    if job.full_enclave != (not req.backnet):
+        raise TrainingError(f"job {job.job_id}: a BackNet comes back exactly when the job was partitioned")
+    if req.backnet:
+        try:
+            state = torch.load(io.BytesIO(req.backnet), weights_only=True)
+            job.part.back.load_state_dict(state, strict=True)
+        except Exception as exc:  # whatever bytes the host sent: anything unloadable is refused, typed
+            raise TrainingError(f"the BackNet sent for job {job.job_id} does not fit the model: {exc}") from None
     job.model.eval()
-    models = ctx.extensions.setdefault("models", {})
-    models[job.job_id] = job
-    return TrainResult(job_id=job.job_id, steps=job.next_step, front_digest=state_digest(job.part.front))
+    entry = jobs(ctx).get(job.job_id)
+    entry.state = "trained"
+    entry.front_digest = state_digest(job.part.front)
+    entry.back_digest = state_digest(job.part.back)
+    jobs(ctx).put(entry)
+    ctx.extensions.setdefault(MODELS, {})[job.job_id] = job
+    ctx.extensions.pop(JOB, None)
+    signature = ctx.identity.sign(job_result_digest(job.job_id, job.next_step, entry.front_digest, entry.back_digest))
+    return TrainResult(
+        job_id=job.job_id,
+        steps=job.next_step,
+        front_digest=entry.front_digest,
+        back_digest=entry.back_digest,
+        signature=signature,
+    )
 
 
-@ecall(ExportFrontNet)
-def export(ctx: EnclaveContext, req: ExportFrontNet) -> Exported:
+@ecall(ExportModel)
+def export(ctx: EnclaveContext, req: ExportModel, member: Member) -> Exported:
+    """The trained FrontNet and the job's seed, to a member every training dataset's policy names as a recipient
+    (encrypted to that member's consortium key by the dispatcher)."""
     job = finished_job(ctx, req.job_id)
-    buf = io.BytesIO()
-    torch.save(job.part.front.state_dict(), buf)
-    ciphertext = seal_to(req.recipient_key, buf.getvalue(), export_info(req.job_id))
-    return Exported(ciphertext=ciphertext, front_digest=state_digest(job.part.front))
+    check_grant(policies(ctx, job.config.datasets).items(), "frontnet_recipients", member)
+    assert job.config.seed is not None
+    return Exported(
+        job_id=job.job_id,
+        front_state=_state_bytes(job.part.front),
+        front_digest=state_digest(job.part.front),
+        seed=job.config.seed,
+    )

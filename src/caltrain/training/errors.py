@@ -15,3 +15,7 @@ class StepOutOfOrder(TrainingError):
 
 class NoActiveJob(TrainingError):
     """No training job is running in the enclave, or it is another job."""
+
+
+class JobRefused(TrainingError):
+    """The enclave refuses to admit a job spec (a seed named, datasets overlap, cut out of range, shape misfit)."""

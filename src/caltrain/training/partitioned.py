@@ -1,7 +1,8 @@
-"""CalTrain's host half: drives the enclave step by step and trains the BackNet (on a GPU when asked).
+"""CalTrain's host half: drives an admitted job in the enclave and trains the BackNet (on a GPU when asked).
 
 Per step: the enclave writes the FrontNet's IR and the labels to shared memory; the host runs the BackNet,
-the loss and its backward, writes dL/dIR back and lets the enclave update the FrontNet.
+the loss and its backward, writes dL/dIR back and lets the enclave update the FrontNet. In full-enclave mode
+the host only asks for the next epoch's steps and learns how long they took.
 """
 
 from __future__ import annotations
@@ -20,10 +21,12 @@ from caltrain.enclave.wire import (
     ForwardOut,
     FrontBackward,
     FrontForward,
+    StepsDone,
     TrainEnd,
     TrainReady,
     TrainResult,
     TrainStart,
+    TrainSteps,
 )
 from caltrain.errors import TrainingError
 from caltrain.models import ZOO
@@ -36,7 +39,8 @@ EVAL_BATCH = 512
 
 
 class PartitionedTrainer:
-    """One training job across the enclave boundary. The host never holds data, FrontNet weights or keys."""
+    """One admitted job across the enclave boundary. The host never holds data, FrontNet weights, keys or the
+    seed: `config` is the job's public spec, and the BackNet's initial weights come from the enclave."""
 
     def __init__(
         self,
@@ -52,10 +56,12 @@ class PartitionedTrainer:
         self.workdir = Path(workdir)
         self.device = torch.device(device)
         self.progress = progress
-        # The host builds the same seeded model and keeps only the BackNet; FrontNet weights stay in the enclave.
+        # The host builds the model's structure and keeps only the BackNet; its initial weights come from the
+        # enclave (TrainReady), the FrontNet's never leave it.
         _, part = build_split(config)
         self.back = part.back.to(self.device)
-        self.optimizer = make_optimizer(list(self.back.parameters()), config)
+        # Full-enclave mode leaves the host nothing to train.
+        self.optimizer = make_optimizer(list(self.back.parameters()), config) if not part.full_enclave else None
         sample = torch.zeros(1, *ZOO[config.model].input_shape)
         with torch.no_grad():
             self.ir_shape = tuple(part.front(sample).shape[1:])
@@ -64,7 +70,13 @@ class PartitionedTrainer:
         self.grad = SharedTensor.create(capacity, "float32")
         self.labels = SharedTensor.create(max(config.batch_size, EVAL_BATCH), "int64")
         self.boundary_seconds = 0.0
+        self.result: TrainResult | None = None
         self._ready: tuple[int, str] | None = None  # a train IR already in shared memory: batch size, layout
+
+    def _back_optimizer(self) -> torch.optim.Optimizer:
+        if self.optimizer is None:
+            raise TrainingError(f"job {self.job_id} runs wholly in the enclave: the host has no BackNet to train")
+        return self.optimizer
 
     def close(self) -> None:
         for slot in (self.ir, self.grad, self.labels):
@@ -82,7 +94,7 @@ class PartitionedTrainer:
     def _save_back(self, step: int) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         tmp = self._back_checkpoint(step).with_suffix(".tmp")
-        torch.save({"back": self.back.state_dict(), "optimizer": self.optimizer.state_dict()}, tmp)
+        torch.save({"back": self.back.state_dict(), "optimizer": self._back_optimizer().state_dict()}, tmp)
         tmp.replace(self._back_checkpoint(step))
         for old in sorted(self.workdir.glob("backnet-*.pt"))[:-3]:
             old.unlink()
@@ -93,13 +105,12 @@ class PartitionedTrainer:
             raise TrainingError(f"the enclave resumes at step {step}, but the host has no BackNet checkpoint there")
         state = torch.load(path, weights_only=True, map_location=self.device)
         self.back.load_state_dict(state["back"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        self._back_optimizer().load_state_dict(state["optimizer"])
 
     def start(self, *, resume: bool = False) -> TrainReady:
         ready = self._call(
             TrainStart(
                 job_id=self.job_id,
-                config=self.config.to_dict(),
                 ir_path=str(self.ir.path),
                 grad_path=str(self.grad.path),
                 label_path=str(self.labels.path),
@@ -108,11 +119,15 @@ class PartitionedTrainer:
             ),
             TrainReady,
         )
+        if ready.full_enclave:
+            return ready
         if tuple(ready.ir_shape) != self.ir_shape:
             raise TrainingError(f"enclave IR shape {ready.ir_shape} differs from the host's {self.ir_shape}")
         if ready.next_step:
             self._load_back(ready.next_step)
         else:
+            initial = torch.load(io.BytesIO(ready.backnet), weights_only=True, map_location=self.device)
+            self.back.load_state_dict(initial, strict=True)
             self._save_back(0)
         return ready
 
@@ -127,7 +142,7 @@ class PartitionedTrainer:
         labels = self.labels.view((n,)).to(self.device)
         logits = self.back(ir)
         loss = loss_fn(logits, labels)
-        self.optimizer.zero_grad(set_to_none=True)
+        self._back_optimizer().zero_grad(set_to_none=True)
         loss.backward()
         assert ir.grad is not None
         grad_layout = self.grad.put(ir.grad)
@@ -136,7 +151,7 @@ class PartitionedTrainer:
         msg = FrontBackward(step=step, forward_next=forward_next, grad_layout=grad_layout)
         started = time.perf_counter()
         with self.enclave.calling(msg, BackwardOut) as reply:
-            self.optimizer.step()  # the BackNet update overlaps the FrontNet's (and the next forward)
+            self._back_optimizer().step()  # the BackNet update overlaps the FrontNet's (and the next forward)
             done = reply()
         self.boundary_seconds += time.perf_counter() - started
         if done.checkpointed:
@@ -158,10 +173,31 @@ class PartitionedTrainer:
         self.back.train()
         return correct / records
 
+    def _run_inside(self, ready: TrainReady, report: TrainingReport, stop_after: int | None) -> bool:
+        """Full-enclave mode: one call per epoch; the host reports only steps and time. False when stopped early."""
+        spe, step = ready.steps_per_epoch, ready.next_step
+        last = ready.total_steps if stop_after is None else min(stop_after, ready.total_steps)
+        while step < last:
+            started = time.perf_counter()
+            steps = min(spe - step % spe, last - step)
+            step = self._call(TrainSteps(job_id=self.job_id, steps=steps), StepsDone).next_step
+            if step % spe == 0:
+                seconds = time.perf_counter() - started
+                stats = EpochStats(step // spe, None, None, None, seconds, ready.train_records / seconds)
+                report.epochs.append(stats)
+                log.info("job %s epoch %d (inside): %.0f samples/s", self.job_id, stats.epoch, stats.samples_per_s)
+                if self.progress:
+                    self.progress({"trainer": "full-enclave", "job_id": self.job_id, **stats.to_dict()})
+        return step == ready.total_steps
+
     def run(self, *, resume: bool = False, stop_after: int | None = None) -> TrainingReport:
         """Train to the end (or `stop_after` steps, for crash tests) and return the per-epoch report."""
         ready = self.start(resume=resume)
         report = TrainingReport(self.config)
+        if ready.full_enclave:
+            if self._run_inside(ready, report, stop_after):
+                self._finish(report, b"")
+            return report
         spe, step = ready.steps_per_epoch, ready.next_step
         epoch_started, loss_sum, correct, seen = time.perf_counter(), 0.0, 0, 0
         while step < ready.total_steps:
@@ -196,8 +232,12 @@ class PartitionedTrainer:
                 epoch_started, loss_sum, correct, seen = time.perf_counter(), 0.0, 0, 0
         backnet = io.BytesIO()
         torch.save({k: v.cpu() for k, v in self.back.state_dict().items()}, backnet)
-        result = self._call(TrainEnd(job_id=self.job_id, backnet=backnet.getvalue()), TrainResult)
-        report.front_digest = result.front_digest
-        report.model_digest = ""  # the whole model exists only where FrontNet and BackNet meet: the enclave
-        self.back_digest = state_digest(self.back)
+        self._finish(report, backnet.getvalue())
         return report
+
+    def _finish(self, report: TrainingReport, backnet: bytes) -> None:
+        self.result = self._call(TrainEnd(job_id=self.job_id, backnet=backnet), TrainResult)
+        if backnet and self.result.back_digest != state_digest(self.back):
+            raise TrainingError(f"job {self.job_id}: the enclave signed another BackNet than the host trained")
+        report.front_digest = self.result.front_digest
+        report.model_digest = ""  # the whole model exists only where FrontNet and BackNet meet: the enclave

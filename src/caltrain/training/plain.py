@@ -21,8 +21,8 @@ EpochEnd = Callable[[int, nn.Module], None]
 @dataclass
 class EpochStats:
     epoch: int
-    loss: float
-    train_accuracy: float
+    loss: float | None  # None in full-enclave mode: the loss never leaves the enclave
+    train_accuracy: float | None
     eval_accuracy: float | None
     seconds: float
     samples_per_s: float
