@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from caltrain.attestation.errors import PolicyError
-from caltrain.attestation.policy import Policy, SnpPolicy, TdxPolicy
+from caltrain.attestation.policy import Policy, SgxPolicy, SnpPolicy, TdxPolicy
 from tests.attestation.conftest import BY_NAME, SAMPLES, Sample
 
 TDX_SAMPLES = [s for s in SAMPLES if s.platform == "tdx"]
@@ -99,3 +99,14 @@ def test_an_snp_policy_without_host_data_is_refused(sample: Sample) -> None:
     section = {k: v for k, v in document["sev-snp"].items() if k != "host_data"}  # type: ignore[attr-defined]
     assert "sev-snp.host_data is missing" in refusal({**document, "sev-snp": section})
     assert "sev-snp.host_data" in refusal(sample.document(host_data="00" * 31))
+
+
+def test_an_svn_floor_needs_a_pinned_signer() -> None:
+    # ISVSVN/GUEST_SVN are whatever the signer wrote: without a pinned signer anyone can claim any SVN
+    with pytest.raises(PolicyError, match=r"pin sgx-dcap\.mrsigners"):
+        SgxPolicy(min_isv_svn=2)
+    with pytest.raises(PolicyError, match=r"pin sgx-dcap\.mrsigners"):
+        SgxPolicy(isv_prod_id=0)
+    with pytest.raises(PolicyError, match=r"pin sev-snp\.id_key_digests"):
+        BY_NAME["snp-trustee-idblock"].policy(id_key_digests=[])
+    assert SgxPolicy().mrsigners == []  # MRENCLAVE pins the code: with no floor, any signer is fine

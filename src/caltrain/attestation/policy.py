@@ -107,7 +107,9 @@ class HardwarePolicy(BaseModel):
 
 
 class SgxPolicy(HardwarePolicy):
-    """SGX (Gramine) specifics. MRENCLAVE goes in the top-level `measurements`."""
+    """SGX (Gramine) specifics. MRENCLAVE goes in the top-level `measurements` and fixes the enclave's code and
+    initial data, so the signer may be left open; but ISVPRODID and ISVSVN are whatever the signer wrote, so
+    judging them needs a pinned signer."""
 
     name: ClassVar[str] = "sgx-dcap"
 
@@ -119,6 +121,15 @@ class SgxPolicy(HardwarePolicy):
     @classmethod
     def _signers_hex(cls, v: list[str]) -> list[str]:
         return _hex_list(v, "sgx-dcap.mrsigners")
+
+    @model_validator(mode="after")
+    def _signer_vouches_for_svn(self) -> Self:
+        if not self.mrsigners and (self.isv_prod_id is not None or self.min_isv_svn > 0):
+            raise PolicyError(
+                "sgx-dcap.isv_prod_id/min_isv_svn are chosen by whoever signs the enclave: "
+                "pin sgx-dcap.mrsigners too, or anyone can sign the same MRENCLAVE with any product id and SVN"
+            )
+        return self
 
 
 class TdxPolicy(HardwarePolicy):
@@ -187,7 +198,8 @@ class SnpPolicy(HardwarePolicy):
 
     `require_collateral` here means AMD's CRL for the product; the TCB itself is judged by `min_tcb` against
     the REPORTED_TCB that the VCEK certifies. MEASUREMENT covers the launch image; HOST_DATA is set by the host
-    at launch outside it, for the guest to read, so it must be written out.
+    at launch outside it, for the guest to read, so it must be written out. The ID key, like SGX's MRSIGNER,
+    may be left open, except that GUEST_SVN is whatever its ID block says, so judging it needs a pinned key.
     """
 
     name: ClassVar[str] = "sev-snp"
@@ -210,6 +222,15 @@ class SnpPolicy(HardwarePolicy):
     @classmethod
     def _hexes(cls, v: list[str]) -> list[str]:
         return _hex_list(v, "sev-snp field")
+
+    @model_validator(mode="after")
+    def _id_key_vouches_for_svn(self) -> Self:
+        if not self.id_key_digests and self.min_guest_svn > 0:
+            raise PolicyError(
+                "sev-snp.min_guest_svn is whatever the ID block's signer wrote: pin sev-snp.id_key_digests too, "
+                "or anyone can launch the same image with an ID block of any GUEST_SVN"
+            )
+        return self
 
 
 class Policy(JsonFileModel):
