@@ -48,6 +48,21 @@ def test_snp_with_vcek_and_policy(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert rc == 1 and report["error"].startswith("MeasurementMismatch")
 
 
+def test_tdx_without_policy_and_with_a_policy_lacking_registers(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sample = BY_NAME["tdx-trustee"]
+    quote = str(VECTORS / sample.quote)
+    rc, report = inspect(capsys, quote, "--at", sample.when)  # no policy: every register reported, none judged
+    assert rc == 0 and report["claims"]["measurement"] == sample.measurement
+    assert {s["step"]: s["outcome"] for s in report["steps"]}["policy"] == "skipped"
+    policy = tmp_path / "policy.json"
+    document = sample.document()
+    policy.write_text(json.dumps({**document, "tdx": {k: v for k, v in document["tdx"].items() if k != "mr_seams"}}))
+    assert main(["evidence", "inspect", quote, "--at", sample.when, "--policy", str(policy)]) == 2
+    assert "PolicyError: tdx.mr_seams is missing" in capsys.readouterr().err
+
+
 def test_text_output_and_missing_vcek(capsys: pytest.CaptureFixture[str]) -> None:
     vector("sev-snp/virtee_report_v2_milan.bin")
     rc = main(["evidence", "inspect", str(VECTORS / "sev-snp/virtee_report_v2_milan.bin")])

@@ -46,3 +46,12 @@ def test_policy_file_for_each_real_platform_is_accepted_by_the_client(sample: Sa
         other = Policy.from_dict({**policy.to_dict(), "measurements": ["00" * len(bytes.fromhex(sample.measurement))]})
         with pytest.raises(MeasurementMismatch):
             client.attest(Verifier(other, nonces=NonceTracker(), now=lambda: sample.now))
+
+
+@pytest.mark.parametrize("sample", [s for s in SAMPLES if s.platform == "tdx"], ids=lambda s: s.name)
+def test_the_client_refuses_the_right_mrtd_with_another_rtmr(sample: Sample, tmp_path: Path) -> None:
+    path = tmp_path / "policy.json"
+    sample.policy(rtmrs={**sample.section["rtmrs"], 2: "11" * 48}).save(path)  # type: ignore[dict-item]
+    client = CaltrainClient("http://tee.invalid", transport=replaying_server(sample))
+    with client, pytest.raises(MeasurementMismatch, match="RTMR2"):
+        client.attest(Verifier(Policy.load(path), nonces=NonceTracker(), now=lambda: sample.now))

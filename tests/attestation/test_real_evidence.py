@@ -10,13 +10,15 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from caltrain.attestation import errors as E
 from caltrain.attestation.evidence import Evidence, QuoteClaims
 from caltrain.attestation.registry import get_backend
 from caltrain.attestation.trace import Trace
 from caltrain.attestation.verifier import NonceTracker, Verifier, check_claims
-from tests.attestation.conftest import BY_NAME, SAMPLES, Sample, at, vector
+from tests.attestation.conftest import BY_NAME, SAMPLES, TDX_ANY_WORKLOAD, Sample, at, vector
 
 
 def verify(sample: Sample, evidence: Evidence | None = None, **section_changes: object) -> QuoteClaims:
@@ -65,16 +67,10 @@ SINGLE_FIELD_CHANGES = [
     ("sgx-dcapqvl+collateral", {"min_isv_svn": 1}, E.SvnTooLow),
     ("sgx-dcapqvl+collateral", {"accepted_tcb_statuses": ["UpToDate"]}, E.TcbOutOfDate),
     ("sgx-occlum", {"require_collateral": True}, E.CollateralMissing),
-    ("tdx-dcapqvl+collateral", {"rtmrs": {3: "11" * 48}}, E.MeasurementMismatch),
-    ("tdx-dcapqvl+collateral", {"mr_seams": ["22" * 48]}, E.MeasurementMismatch),
-    ("tdx-dcapqvl+collateral", {"mr_config_id": "33" * 48}, E.ReportFieldMismatch),
-    ("tdx-dcapqvl+collateral", {"mr_owner": "44" * 48}, E.ReportFieldMismatch),
     ("tdx-dcapqvl+collateral", {"min_tee_tcb_svn": "07010300000000000000000000000000"}, E.SvnTooLow),
     ("tdx-dcapqvl+collateral", {"accepted_tcb_statuses": ["OutOfDate"]}, E.TcbOutOfDate),
-    ("tdx-trustee", {"rtmrs": {0: "00" * 48}}, E.MeasurementMismatch),
     ("snp-gosev-milan", {"min_tcb": {"bootloader": 2, "snp": 6, "microcode": 68}}, E.SvnTooLow),
     ("snp-gosev-milan", {"min_tcb": {"microcode": 69}}, E.SvnTooLow),
-    ("snp-gosev-milan", {"host_data": "01" * 32}, E.ReportFieldMismatch),
     ("snp-gosev-milan", {"chip_ids": ["00" * 64]}, E.ReportFieldMismatch),
     ("snp-gosev-milan", {"require_collateral": True}, E.CollateralMissing),
     ("snp-trustee-idblock", {"min_guest_svn": 5}, E.SvnTooLow),
@@ -114,6 +110,58 @@ def test_missing_collateral_is_refused_by_default() -> None:
         get_backend("sgx-dcap").verify_quote(sample.evidence(), policy, now=sample.now)
 
 
+def test_a_policy_without_the_platform_section_accepts_nothing() -> None:
+    for name in ("tdx-trustee", "snp-virtee-milan"):
+        sample = BY_NAME[name]
+        policy = sample.policy().model_copy(update={"tdx": None, "sev_snp": None})  # bypasses the load-time check
+        with pytest.raises(E.PolicyError, match=r"no \"(tdx|sev-snp)\" section"):
+            get_backend(sample.platform).verify_quote(sample.evidence(), policy, now=sample.now)
+
+
+# Each register that identifies a TD beyond MRTD: how a policy pins it, and the error a different value gives.
+TDX_REGISTERS: dict[str, tuple[str, type[Exception]]] = {
+    **{f"RTMR{i}": ("rtmrs", E.MeasurementMismatch) for i in range(4)},
+    "MRSEAM": ("mr_seams", E.MeasurementMismatch),
+    "MRCONFIGID": ("mr_config_id", E.ReportFieldMismatch),
+    "MROWNER": ("mr_owner", E.ReportFieldMismatch),
+    "MROWNERCONFIG": ("mr_owner_config", E.ReportFieldMismatch),
+}
+
+
+def pin(section: dict[str, object], register: str, value: str) -> dict[str, object]:
+    field, _ = TDX_REGISTERS[register]
+    if field == "rtmrs":
+        return {**section, "rtmrs": {**section["rtmrs"], int(register[-1]): value}}  # type: ignore[dict-item]
+    return {**section, field: [value] if field == "mr_seams" else value}
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    sample=st.sampled_from([s for s in SAMPLES if s.platform == "tdx"]),
+    unchecked=st.sets(st.sampled_from(sorted(TDX_REGISTERS))),
+    data=st.data(),
+)
+def test_tdx_any_written_out_skips_a_register_and_every_other_is_exact(
+    sample: Sample, unchecked: set[str], data: st.DataObject
+) -> None:
+    section = dict(sample.section)
+    for register in unchecked:
+        section = pin(section, register, "any")
+    assert verify(sample, **section).measurement == sample.measurement  # the right MRTD, the rest "any" or exact
+    pinned = sorted(set(TDX_REGISTERS) - unchecked)
+    if pinned:  # the same TD, one register the policy pins differs: refused although MRTD matches
+        register = data.draw(st.sampled_from(pinned))
+        with pytest.raises(TDX_REGISTERS[register][1], match=f"^{register} "):
+            verify(sample, **pin(section, register, "11" * 48))
+
+
+@pytest.mark.parametrize("sample", [s for s in SAMPLES if s.platform == "sev-snp"], ids=lambda s: s.name)
+def test_snp_host_data_is_exact_unless_any_is_written(sample: Sample) -> None:
+    assert verify(sample, host_data="any").measurement == sample.measurement
+    with pytest.raises(E.ReportFieldMismatch, match="HOST_DATA"):
+        verify(sample, host_data="01" * 32)
+
+
 def test_preproduction_root_is_rejected_under_the_pinned_intel_root() -> None:
     sample = Sample("preprod", "sgx-dcap", "sgx/intel_dcap13_sample_quote_v3_preprod_root.bin", "2020-01-01T00:00:00Z")
     trace = Trace()
@@ -127,7 +175,7 @@ def test_preproduction_root_is_rejected_under_the_pinned_intel_root() -> None:
 def test_tdx_v5_with_no_matching_tcb_level() -> None:
     sample = Sample(
         "v5-outdated", "tdx", "tdx/dcapqvl_tdx_quote_v5_outdated.bin", "2026-03-01T00:00:00Z",
-        {"collateral": "tdx/dcapqvl_tdx_quote_v5_outdated_collateral.json"},
+        {"collateral": "tdx/dcapqvl_tdx_quote_v5_outdated_collateral.json"}, section=TDX_ANY_WORKLOAD,
     )  # fmt: skip
     with pytest.raises(E.TcbLevelNotFound):
         get_backend("tdx").verify_quote(sample.evidence(), sample.policy(), now=sample.now)
@@ -135,7 +183,8 @@ def test_tdx_v5_with_no_matching_tcb_level() -> None:
 
 def test_nonzero_trailing_bytes_are_refused_and_zero_padding_is_reported() -> None:
     raw = vector("tdx/gotdx_tdx_prod_quote_SPR_E4_v4.bin")
-    sample = Sample("spr", "tdx", "tdx/gotdx_tdx_prod_quote_SPR_E4_v4.bin", "2025-01-01T00:00:00Z")
+    sample = Sample("spr", "tdx", "tdx/gotdx_tdx_prod_quote_SPR_E4_v4.bin", "2025-01-01T00:00:00Z",
+                    section=TDX_ANY_WORKLOAD)  # fmt: skip
     policy = sample.policy(require_collateral=False)
     with pytest.raises(E.MalformedQuote, match="non-zero bytes"):
         get_backend("tdx").verify_quote(sample.evidence(), policy, now=sample.now)

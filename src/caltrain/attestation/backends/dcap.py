@@ -33,7 +33,7 @@ from caltrain.attestation.errors import (
 from caltrain.attestation.evidence import Evidence, QuoteClaims
 from caltrain.attestation.intel import DcapCollateral, PckInfo, evaluate_collateral
 from caltrain.attestation.pki import describe, load_certificates, load_root, p256_key, verify_chain, verify_p256_rs
-from caltrain.attestation.policy import HardwarePolicy, Policy, SgxPolicy, TdxPolicy
+from caltrain.attestation.policy import HardwarePolicy, Policy, SgxPolicy, TdxPolicy, admits, admits_one_of
 from caltrain.attestation.quotes import to_jsonable
 from caltrain.attestation.quotes.dcap import DcapQuote, SgxReportBody, TdReportBody, parse_dcap_quote
 from caltrain.attestation.registry import register_backend
@@ -157,16 +157,14 @@ def check_sgx_policy(body: SgxReportBody, section: SgxPolicy) -> None:
 
 def check_tdx_policy(body: TdReportBody, section: TdxPolicy) -> None:
     for index, expected in sorted(section.rtmrs.items()):
-        if body.rtmrs[index].hex() != expected:
+        if not admits(expected, body.rtmrs[index]):
             raise MeasurementMismatch(f"RTMR{index} is {body.rtmrs[index].hex()}, the policy expects {expected}")
-    if section.mr_seams and body.mr_seam.hex() not in section.mr_seams:
+    if not admits_one_of(section.mr_seams, body.mr_seam):
         raise MeasurementMismatch(f"MRSEAM {body.mr_seam.hex()} (TDX module) is not among {section.mr_seams}")
-    for name in ("mr_config_id", "mr_owner", "mr_owner_config"):
+    for name, label in (("mr_config_id", "MRCONFIGID"), ("mr_owner", "MROWNER"), ("mr_owner_config", "MROWNERCONFIG")):
         expected_value = getattr(section, name)
-        if expected_value is not None and getattr(body, name).hex() != expected_value:
-            raise ReportFieldMismatch(
-                f"{name.upper()} is {getattr(body, name).hex()}, the policy expects {expected_value}"
-            )
+        if not admits(expected_value, getattr(body, name)):
+            raise ReportFieldMismatch(f"{label} is {getattr(body, name).hex()}, the policy expects {expected_value}")
     if section.min_tee_tcb_svn is not None:
         minimum = bytes.fromhex(section.min_tee_tcb_svn)
         if any(own < low for own, low in zip(body.tee_tcb_svn, minimum, strict=True)):

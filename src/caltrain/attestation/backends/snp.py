@@ -42,7 +42,7 @@ from caltrain.attestation.pki import (
     verify_chain,
     verify_ecdsa_raw,
 )
-from caltrain.attestation.policy import Policy, SnpPolicy
+from caltrain.attestation.policy import Policy, SnpPolicy, admits
 from caltrain.attestation.quotes import to_jsonable
 from caltrain.attestation.quotes.reader import Reader
 from caltrain.attestation.quotes.snp import SIGNING_KEY_VCEK, SIGNING_KEY_VLEK, SnpReport, TcbVersion, parse_snp_report
@@ -191,7 +191,7 @@ def check_snp_policy(result: SnpResult, section: SnpPolicy) -> None:
         raise SvnTooLow(f"GUEST_SVN {report.guest_svn} is below the minimum {section.min_guest_svn}")
     if report.vmpl not in section.vmpls:
         raise ReportFieldMismatch(f"VMPL {report.vmpl} is not among the accepted {section.vmpls}")
-    if section.host_data is not None and report.host_data.hex() != section.host_data:
+    if not admits(section.host_data, report.host_data):
         raise ReportFieldMismatch(f"HOST_DATA {report.host_data.hex()} is not {section.host_data}")
     if section.id_key_digests and report.id_key_digest.hex() not in section.id_key_digests:
         raise ReportFieldMismatch(f"ID_KEY_DIGEST {report.id_key_digest.hex()} is not among {section.id_key_digests}")
