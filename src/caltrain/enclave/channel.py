@@ -25,7 +25,10 @@ class Channel:
         self._tap = tap
 
     def send(self, msg: Message) -> None:
-        frame = encode(msg)
+        self.send_frame(encode(msg))
+
+    def send_frame(self, frame: bytes) -> None:
+        """Send one frame as it is (`send` encodes a message first; tests send malformed frames this way)."""
         if self._tap:
             self._tap("out", frame)
         try:  # one write: a separate length write can wake the peer for 8 bytes, then again for the frame
@@ -34,13 +37,17 @@ class Channel:
             raise ChannelClosed(f"channel closed while sending: {exc}") from None
 
     def recv(self) -> Message:
+        return decode(self.recv_frame())
+
+    def recv_frame(self) -> memoryview:
+        """The next whole frame, undecoded: a frame that does not decode leaves the stream in step."""
         (length,) = _LEN.unpack(self._read(_LEN.size))
         if length > MAX_FRAME_BYTES:
-            raise WireError(f"frame of {length} bytes exceeds the {MAX_FRAME_BYTES}-byte limit")
+            raise ChannelClosed(f"frame of {length} bytes exceeds the {MAX_FRAME_BYTES}-byte limit; closing")
         frame = self._read(length)
         if self._tap:
             self._tap("in", bytes(frame))
-        return decode(frame)
+        return frame
 
     def _read(self, n: int) -> memoryview:
         buf = bytearray(n)

@@ -24,7 +24,7 @@ from caltrain.enclave.boot import boot  # noqa: E402
 from caltrain.enclave.channel import Channel, ChannelClosed  # noqa: E402
 from caltrain.enclave.manifest import CONFIG_FILE, ECALL_MODULES, guard_imports  # noqa: E402
 from caltrain.enclave.runtime import BOOT_HOOKS, dispatch  # noqa: E402
-from caltrain.enclave.wire import Failure, Ok, Ready, Shutdown  # noqa: E402
+from caltrain.enclave.wire import Failure, Ok, Ready, Shutdown, WireError, decode  # noqa: E402
 from caltrain.errors import CaltrainError  # noqa: E402
 
 
@@ -65,7 +65,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         while True:
-            msg = channel.recv()
+            frame = channel.recv_frame()
+            try:
+                msg = decode(frame)
+            except WireError as exc:  # a malformed frame is refused, typed; the enclave keeps serving
+                channel.send(Failure(error=type(exc).__name__, detail=str(exc)))
+                continue
             if isinstance(msg, Shutdown):
                 channel.send(Ok())
                 return 0
