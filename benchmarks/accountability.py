@@ -31,7 +31,8 @@ from torch import nn  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from caltrain.accountability.attacks import make_scenario  # noqa: E402
-from caltrain.accountability.attribution import TrainingSet, available_methods, get_method  # noqa: E402
+from caltrain.accountability.attribution import TrainingSet  # noqa: E402
+from caltrain.accountability.baselines import get_host_method, host_methods  # noqa: E402
 from caltrain.accountability.evaluation import collect_queries, score_method, train_model  # noqa: E402
 from caltrain.data.datasets import ArrayDataset, DatasetUnavailable, load_dataset  # noqa: E402
 from caltrain.models.zoo import build_model, spec_for_dataset  # noqa: E402
@@ -93,7 +94,7 @@ def run(args: argparse.Namespace) -> None:
             for method_name in args.methods:
                 if (dataset, seed, scenario_name, method_name) in done:
                     continue
-                method = get_method(method_name)
+                method = get_host_method(method_name)
                 t0 = time.perf_counter()
                 method.fit(ts)
                 fit_s = time.perf_counter() - t0
@@ -191,7 +192,7 @@ def main() -> None:
     parser.add_argument("--subset", type=int, default=20000)
     parser.add_argument("--queries", type=int, default=100, help="attack and natural mispredictions traced, at most")
     parser.add_argument("--scenarios", nargs="+", default=SCENARIOS)
-    parser.add_argument("--methods", nargs="+", default=METHODS, choices=available_methods())
+    parser.add_argument("--methods", nargs="+", default=METHODS, choices=host_methods())
     parser.add_argument("--resume", action="store_true", help="skip cells runs.jsonl already holds")
     args = parser.parse_args()
     if args.quick:

@@ -19,7 +19,7 @@ from typing import ClassVar
 import numpy as np
 from torch import nn
 
-from caltrain.accountability.errors import UnknownMethod
+from caltrain.accountability.errors import MethodAlreadyRegistered, UnknownMethod
 from caltrain.accountability.fingerprints import Features, compute_features
 from caltrain.accountability.search import FingerprintIndex
 
@@ -113,27 +113,45 @@ class SuspicionRanking(AttributionMethod, ABC):
         return self._scores
 
 
-_REGISTRY: dict[str, Callable[[], AttributionMethod]] = {}
+class MethodRegistry:
+    """Attribution methods by name. Refuses to overwrite a name: a later import must not silently replace what a
+    caller asked for. The enclave's registry (`ENCLAVE_METHODS`) holds only the methods meant to run inside it."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self._factories: dict[str, Callable[[], AttributionMethod]] = {}
+
+    def register(self, factory: type[AttributionMethod]) -> type[AttributionMethod]:
+        if factory.name in self._factories:
+            raise MethodAlreadyRegistered(f"{self.what}: a method named {factory.name!r} is already registered")
+        self._factories[factory.name] = factory
+        return factory
+
+    def names(self) -> list[str]:
+        return sorted(self._factories)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._factories
+
+    def create(self, name: str) -> AttributionMethod:
+        try:
+            return self._factories[name]()
+        except KeyError:
+            raise UnknownMethod(f"no {self.what} attribution method {name!r}; available: {self.names()}") from None
 
 
-def register(factory: type[AttributionMethod]) -> type[AttributionMethod]:
-    _REGISTRY[factory.name] = factory
-    return factory
+ENCLAVE_METHODS = MethodRegistry("enclave")
+register = ENCLAVE_METHODS.register
 
 
 def available_methods() -> list[str]:
-    from caltrain.accountability import baselines  # noqa: F401  (registers the baselines)
-
-    return sorted(_REGISTRY)
+    """The methods the enclave answers forensic queries with (research baselines live host-side, in `baselines`)."""
+    return ENCLAVE_METHODS.names()
 
 
 def get_method(name: str) -> AttributionMethod:
-    if name not in _REGISTRY:
-        available_methods()
-    try:
-        return _REGISTRY[name]()
-    except KeyError:
-        raise UnknownMethod(f"no attribution method {name!r}; available: {available_methods()}") from None
+    """A fresh, unfitted in-enclave method; `UnknownMethod` (naming the available ones) for any other name."""
+    return ENCLAVE_METHODS.create(name)
 
 
 @register

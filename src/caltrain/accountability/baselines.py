@@ -1,4 +1,10 @@
-"""Baselines, imported lazily (captum, ART and cleanlab cost seconds to import) and registered by name."""
+"""Research baselines, host-side only: a registry of their own, never consulted by the enclave.
+
+The enclave answers with `attribution.ENCLAVE_METHODS` alone, so a host-chosen method name cannot make it import
+captum, ART or cleanlab and run them over plaintext training data. The evaluation code and the benchmarks look
+methods up here (`get_host_method`), where both registries are visible. captum, ART and cleanlab are imported
+inside `fit` (they cost seconds to import).
+"""
 
 from __future__ import annotations
 
@@ -7,15 +13,34 @@ import torch
 from torch import nn
 
 from caltrain.accountability.attribution import (
+    ENCLAVE_METHODS,
     Attribution,
     AttributionMethod,
+    MethodRegistry,
     QueryBatch,
     SuspicionRanking,
     TrainingSet,
     _knn_conflict,
-    register,
+    available_methods,
 )
+from caltrain.accountability.errors import UnknownMethod
 from caltrain.accountability.search import FingerprintIndex
+
+BASELINES = MethodRegistry("host-side baseline")
+register = BASELINES.register
+
+
+def host_methods() -> list[str]:
+    """Every method the evaluation can run: the in-enclave ones first, then the baselines."""
+    return available_methods() + BASELINES.names()
+
+
+def get_host_method(name: str) -> AttributionMethod:
+    """An in-enclave method or a baseline by name; `UnknownMethod` names every available one."""
+    for registry in (ENCLAVE_METHODS, BASELINES):
+        if name in registry:
+            return registry.create(name)
+    raise UnknownMethod(f"no attribution method {name!r}; available: {host_methods()}")
 
 
 @register
@@ -148,5 +173,3 @@ class CleanlabIssues(SuspicionRanking):
                                   method="predict_proba")
         issues = find_label_issues(ts.y, probs)
         return issues.astype(np.float64) + 1.0 - get_label_quality_scores(ts.y, probs)
-
-

@@ -42,7 +42,11 @@ class ReceiptMismatch(LinkageProofInvalid):
 
 
 class UnknownMethod(AccountabilityError):
-    """No attribution method is registered under that name."""
+    """No attribution method is registered under that name (the message lists the ones that are)."""
+
+
+class MethodAlreadyRegistered(AccountabilityError):
+    """A second attribution method was registered under a name already taken."""
 
 
 class ScenarioError(AccountabilityError):

@@ -11,13 +11,8 @@ import numpy as np
 from torch import nn
 
 from caltrain.accountability.attacks import Scenario
-from caltrain.accountability.attribution import (
-    AttributionMethod,
-    QueryBatch,
-    TrainingSet,
-    get_method,
-    rank_contributors,
-)
+from caltrain.accountability.attribution import AttributionMethod, QueryBatch, TrainingSet, rank_contributors
+from caltrain.accountability.baselines import get_host_method
 from caltrain.data.datasets import ArrayDataset
 from caltrain.models.zoo import spec_for_dataset
 from caltrain.training.config import TrainConfig
@@ -141,7 +136,7 @@ def accountability_report(
     contributors = np.concatenate([np.full(len(p), i) for i, p in enumerate(participants)])
     truth = np.concatenate(list(poison))
     ts = TrainingSet.build(model, x, y, contributors)
-    m = get_method(method)
+    m = get_host_method(method)
     m.fit(ts)
     answers = m.trace(QueryBatch.build(ts, mispredicted), k=10)
     ranking = rank_contributors(answers, contributors, labels=y)
