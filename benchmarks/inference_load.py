@@ -34,12 +34,13 @@ import httpx  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from caltrain.crypto.signing import Identity  # noqa: E402
 from caltrain.data.datasets import DatasetUnavailable, load_dataset  # noqa: E402
 from caltrain.enclave.allocator import keep_freed_memory  # noqa: E402
-from caltrain.enclave.consortium import Consortium, Member, Role  # noqa: E402
+from caltrain.enclave.authority import UNSIGNED, authorize  # noqa: E402
+from caltrain.enclave.consortium import Consortium, DatasetSchema, Role  # noqa: E402
 from caltrain.enclave.host import EnclaveHost  # noqa: E402
 from caltrain.enclave.manifest import EnclaveConfig  # noqa: E402
+from caltrain.enclave.wire import DeployModel  # noqa: E402
 from caltrain.errors import CaltrainError  # noqa: E402
 from caltrain.inference.owner import prepare_deployment  # noqa: E402
 from caltrain.inference.requests import ClientSession  # noqa: E402
@@ -47,6 +48,7 @@ from caltrain.inference.serving import BatchingConfig, InferenceService  # noqa:
 from caltrain.models import build_model  # noqa: E402
 from caltrain.service.client import CaltrainClient, draft_policy  # noqa: E402
 from caltrain.service.inference_client import InferenceClient  # noqa: E402
+from caltrain.service.participant import MemberHome  # noqa: E402
 
 torch.set_num_threads(1)
 ARCH, MODEL_ID, BATCH, K = "fmnist-cnn", "fmnist", 64, 5
@@ -88,14 +90,18 @@ def start_server(tmp: Path, consortium: Path) -> tuple[subprocess.Popen[bytes], 
     raise RuntimeError("server did not come up")
 
 
-def http_part(tmp: Path, owner: Identity, model: torch.nn.Module, m: int, xs: np.ndarray) -> dict[str, float]:
+def owner_consortium(owner: MemberHome) -> Consortium:
+    return Consortium((owner.member(frozenset({Role.OWNER})),), DatasetSchema((1, 28, 28), 10))
+
+
+def http_part(tmp: Path, owner: MemberHome, model: torch.nn.Module, m: int, xs: np.ndarray) -> dict[str, float]:
     consortium = tmp / "consortium.json"
-    Consortium((Member("owner", Role.PARTICIPANT, owner.public_key),)).save(consortium)
+    owner_consortium(owner).save(consortium)
     proc, url = start_server(tmp, consortium)
     try:
         with CaltrainClient(url) as probe:
             policy = draft_policy(probe.evidence(os.urandom(32)))
-        with InferenceClient(url, policy, identity=owner, name="owner") as client:
+        with InferenceClient(url, policy, home=owner) as client:
             client.deploy_external(MODEL_ID, ARCH, m, model.state_dict())
             expected = plain_top_k(model, torch.from_numpy(xs))[:, 0].tolist()
             errors, latencies = 0, []
@@ -137,14 +143,15 @@ def http_part(tmp: Path, owner: Identity, model: torch.nn.Module, m: int, xs: np
 class Protected:
     """The protected path in this process: an enclave, the host's batching pipeline, fresh sealed requests."""
 
-    def __init__(self, tmp: Path, owner: Identity, model: torch.nn.Module, m: int) -> None:
-        consortium = Consortium((Member("owner", Role.PARTICIPANT, owner.public_key),))
-        self.host = EnclaveHost(state_dir=tmp / "bench-state", config=EnclaveConfig(consortium))
+    def __init__(self, tmp: Path, owner: MemberHome, model: torch.nn.Module, m: int) -> None:
+        self.host = EnclaveHost(state_dir=tmp / "bench-state", config=EnclaveConfig(owner_consortium(owner)))
         self.host.start()
         self.service = InferenceService(self.host, BatchingConfig(max_batch=BATCH, max_wait_ms=5))
-        prep = prepare_deployment(self.host.keys, owner, MODEL_ID, ARCH, m, False, model.state_dict())
-        self.service.deploy(model_id=MODEL_ID, architecture=ARCH, m=m, ternary=False, owner="owner",
-                            signature=prep.signature, host_state=prep.host_state, sealed_weights=prep.sealed_weights)
+        prep = prepare_deployment(self.host.keys, MODEL_ID, ARCH, m, False, model.state_dict())
+        request = DeployModel(model_id=MODEL_ID, job_id="", front_digest="", architecture=ARCH, m=m, ternary=False,
+                              sealed_weights=prep.sealed_weights, slot_paths=[], max_batch=0, auth=UNSIGNED)
+        signed = authorize(request, identity=owner.identity, member=owner.name, keys=self.host.keys)
+        self.service.deploy(signed, prep.host_state)
         self.server = self.service.get(MODEL_ID)
         self.session = ClientSession(self.host.keys.hpke)
         self.service.open_session(self.session.session_id, self.session.sealed)
@@ -180,7 +187,7 @@ def timed(fn: Callable[[], object], cpu_s: Callable[[], float] = time.process_ti
     return time.perf_counter() - wall, cpu_s() - cpu
 
 
-def compute_part(tmp: Path, owner: Identity, model: torch.nn.Module, m: int, xs: np.ndarray) -> dict[str, float]:
+def compute_part(tmp: Path, owner: MemberHome, model: torch.nn.Module, m: int, xs: np.ndarray) -> dict[str, float]:
     protected = Protected(tmp, owner, model, m)
     x64 = torch.from_numpy(xs[:BATCH])
     try:
@@ -251,10 +258,10 @@ def compute_part(tmp: Path, owner: Identity, model: torch.nn.Module, m: int, xs:
 def main() -> None:
     m = int(sys.argv[1]) if len(sys.argv) > 1 else 2
     keep_freed_memory()  # as the enclave and `caltrain serve` do: the plain baseline and host side get it too
-    owner = Identity.generate()
     model = build_model(ARCH, seed=0).eval()
     xs, source = inputs(REQUESTS)
     with tempfile.TemporaryDirectory() as tmp:
+        owner = MemberHome.init(Path(tmp) / "owner", "owner")
         http = http_part(Path(tmp), owner, model, m, xs)
         print(f"load: {REQUESTS} requests at concurrency {CONCURRENCY}: {http['load_req_per_s']} req/s, "
               f"p50 {http['load_p50_ms']} ms, p99 {http['load_p99_ms']} ms, errors {http['errors']}")

@@ -11,7 +11,6 @@ The last line is a JSON summary.
 from __future__ import annotations
 
 import json
-import os
 import statistics
 import struct
 import sys
@@ -19,16 +18,20 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 from caltrain.crypto import aead
 from caltrain.crypto.container import ContainerHeader, chunk_aad, open_container, pack_arrays, read_header
 from caltrain.crypto.hashing import sha256
-from caltrain.crypto.hpke import wrap_key
+from caltrain.crypto.hpke import HpkeKeyPair, wrap_key
 from caltrain.crypto.signing import Identity
-from caltrain.enclave.consortium import Consortium, Member, Role
+from caltrain.enclave.authority import UNSIGNED, authorize
+from caltrain.enclave.consent import DataUsePolicy
+from caltrain.enclave.consortium import Consortium, DatasetSchema, Member, Role
 from caltrain.enclave.host import EnclaveHost
 from caltrain.enclave.manifest import EnclaveConfig
-from caltrain.enclave.protocol import submission_digest, wrap_context
-from caltrain.enclave.wire import DatasetInfo, IngestDataset
+from caltrain.enclave.protocol import wrap_context
+from caltrain.enclave.wire import DatasetReceipt, IngestDataset
 
 PAYLOAD_SIZE = 3136  # a 1x28x28 float32 image
 PARTICIPANT = "bench"
@@ -37,8 +40,9 @@ PARTICIPANT = "bench"
 def make_container(size_mb: float, identity: Identity, data_key: bytes, dataset_id: str = "bench") -> bytes:
     """A container of random records totalling about `size_mb` megabytes of payload."""
     count = int(size_mb * 1e6) // PAYLOAD_SIZE
+    images = np.random.default_rng(count).random(count * PAYLOAD_SIZE // 4, dtype=np.float32)  # within the schema
     return pack_arrays(
-        os.urandom(count * PAYLOAD_SIZE),
+        images.tobytes(),
         [i % 10 for i in range(count)],
         payload_size=PAYLOAD_SIZE,
         dataset_id=dataset_id,
@@ -75,19 +79,17 @@ def raw_aesgcm_seconds(blob: bytes, data_key: bytes) -> float:
 
 
 def submission(blob: bytes, dataset_id: str, identity: Identity, data_key: bytes, host: EnclaveHost) -> IngestDataset:
-    """The signed upload a participant would send for `blob`."""
+    """The signed upload a participant would send for `blob`, with the default data-use policy."""
     wrapped = wrap_key(data_key, host.keys.hpke, context=wrap_context(dataset_id, PARTICIPANT))
-    return IngestDataset(
-        participant=PARTICIPANT,
-        container=blob,
-        wrapped_key=wrapped,
-        signature=identity.sign(submission_digest(blob, wrapped, host.keys)),
-    )
+    msg = IngestDataset(container=blob, wrapped_key=wrapped, policy=DataUsePolicy().canonical_bytes(), auth=UNSIGNED)
+    return authorize(msg, identity=identity, member=PARTICIPANT, keys=host.keys)
 
 
 def measure(size_mb: float = 200.0, repetitions: int = 5) -> dict[str, float]:
     identity = Identity.generate()
-    consortium = Consortium((Member(PARTICIPANT, Role.PARTICIPANT, identity.public_key),))
+    encryption = HpkeKeyPair.generate().public_bytes
+    member = Member(PARTICIPANT, frozenset({Role.PARTICIPANT}), identity.public_key, encryption)
+    consortium = Consortium((member,), DatasetSchema((1, 28, 28), 10))
     rates: dict[str, list[float]] = {"raw": [], "open": [], "enclave_open": [], "end_to_end": []}
     store_shares: list[float] = []
     with tempfile.TemporaryDirectory() as state, EnclaveHost(
@@ -103,7 +105,7 @@ def measure(size_mb: float = 200.0, repetitions: int = 5) -> dict[str, float]:
             opened = time.perf_counter() - start
             msg = submission(blob, dataset_id, identity, data_key, host)
             start = time.perf_counter()
-            info = host.call(msg, DatasetInfo)
+            _, info = host.call_member(msg, DatasetReceipt)
             end_to_end = time.perf_counter() - start
             for name, seconds in (("raw", raw), ("open", opened), ("enclave_open", info.open_seconds),
                                   ("end_to_end", end_to_end)):

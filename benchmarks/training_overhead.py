@@ -24,13 +24,14 @@ sys.path[:0] = [str(Path(__file__).resolve().parents[1] / "src"), str(Path(__fil
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from tests.helpers import make_people, pack, submission  # noqa: E402
+from tests.helpers import create_job, ingest, make_people, pack  # noqa: E402
 
 from caltrain.data.datasets import ArrayDataset, DatasetUnavailable, load_dataset  # noqa: E402
 from caltrain.enclave.allocator import keep_freed_memory  # noqa: E402
+from caltrain.enclave.consortium import DatasetSchema  # noqa: E402
 from caltrain.enclave.host import EnclaveHost  # noqa: E402
 from caltrain.enclave.manifest import EnclaveConfig  # noqa: E402
-from caltrain.enclave.wire import DatasetInfo, DatasetList, ListDatasets  # noqa: E402
+from caltrain.enclave.wire import DatasetList, ListDatasets  # noqa: E402
 from caltrain.training.config import TrainConfig  # noqa: E402
 from caltrain.training.core import build_split, loss_fn, make_optimizer, training_batch  # noqa: E402
 from caltrain.training.partitioned import PartitionedTrainer  # noqa: E402
@@ -60,18 +61,21 @@ def main() -> None:
     torch.set_num_threads(1)
     keep_freed_memory()  # same allocator settings as the enclave process, so the baseline is not handicapped
     total = args.rounds * args.steps
-    config = TrainConfig(model="fmnist-cnn", frontnet_layers=1, batch_size=128, epochs=1, seed=0, augment=True)
+    config = TrainConfig(model="fmnist-cnn", frontnet_layers=1, batch_size=128, epochs=1, augment=True)
     dataset, source = data(128 * (total + 2))
     people = make_people()
+    consortium = people.consortium.with_schema(DatasetSchema((1, 28, 28), 10))
     with (
         tempfile.TemporaryDirectory() as tmp,
-        EnclaveHost(state_dir=Path(tmp) / "state", config=EnclaveConfig(people.consortium)) as host,
+        EnclaveHost(state_dir=Path(tmp) / "state", config=EnclaveConfig(consortium)) as host,
     ):
-        packed = pack(dataset, people.alice, "alice", "bench", chunk_bytes=1 << 20)
-        host.call(submission(packed, people.alice, host.keys), DatasetInfo)
-        config = config.model_copy(update={"datasets": ["bench"]})
-        trainer = PartitionedTrainer(host, config, job_id="bench", workdir=Path(tmp) / "w")
+        ingest(host, pack(dataset, people.alice, "bench", chunk_bytes=1 << 20), people.alice)
+        # Admission (the owner's signed job, checked against the data-use policy) happens once per job, here.
+        created = create_job(host, people.owner, config.model_copy(update={"datasets": ["alice/bench"]}))
+        config = TrainConfig.from_dict(created.spec)
+        trainer = PartitionedTrainer(host, config, job_id=created.job_id, workdir=Path(tmp) / "w")
         trainer.start()
+        config = config.model_copy(update={"seed": 0})  # the plain twin's own seed: step time does not depend on it
         model, _ = build_split(config)
         optimizer = make_optimizer(list(model.parameters()), config)
         x, y = torch.from_numpy(dataset.x), torch.from_numpy(dataset.y)

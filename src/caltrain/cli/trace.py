@@ -26,7 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--input", type=Path, required=True, help=".npz with x (images) and optionally predicted")
     p.add_argument("--predicted", type=int, help="the label the model predicted (for every input)")
     p.add_argument("--k", type=int, default=10)
-    p.add_argument("--method", default="ours", help="ours (default), caltrain-knn (the paper's), or a baseline")
+    p.add_argument("--method", default="ours", help="ours (default) or caltrain-knn (the paper's)")
     p.add_argument("--out", type=Path, default=Path("trace.json"))
     p.set_defaults(func=trace)
 

@@ -54,7 +54,7 @@ def ingest(ctx: EnclaveContext, req: IngestDataset, member: Member) -> DatasetRe
     opened = open_container(
         req.container, data_key, participant_key=member.public_key, expected_dataset_id=header.dataset_id
     )
-    check_schema(opened, ctx.config.consortium.schema)
+    check_schema(opened, ctx.config.consortium.schema)  # part of verifying: counted in open_seconds
     opened_at = time.perf_counter()
     dataset = store.add(req.container, data_key, opened, policy)
     return DatasetReceipt(

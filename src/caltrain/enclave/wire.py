@@ -68,7 +68,7 @@ class Members:
     roles: frozenset[Role]
 
     def describe(self) -> str:
-        return "member: " + " | ".join(sorted(r.value for r in self.roles))
+        return "member: " + " or ".join(sorted(r.value for r in self.roles))
 
 
 @dataclass(frozen=True)
