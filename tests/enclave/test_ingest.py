@@ -5,17 +5,20 @@ from __future__ import annotations
 import functools
 import itertools
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from caltrain.crypto.container import read_header
+from caltrain.crypto import aead
+from caltrain.crypto.container import pack_arrays, read_header
 from caltrain.crypto.errors import ContainerMismatch, KeyUnwrapError
 from caltrain.crypto.hpke import wrap_key
 from caltrain.enclave.authority import UNSIGNED
 from caltrain.enclave.consortium import Consortium
-from caltrain.enclave.errors import DuplicateDataset, RequestReplayed, SealedStateError
+from caltrain.enclave.errors import DuplicateDataset, RequestReplayed, SchemaViolation, SealedStateError
 from caltrain.enclave.host import EnclaveHost
 from caltrain.enclave.manifest import EnclaveConfig
 from caltrain.enclave.protocol import wrap_context
@@ -245,3 +248,31 @@ def test_overlapped_call_keeps_the_channel_in_step(enclave: EnclaveHost) -> None
     with pytest.raises(EnclaveError), enclave.calling(Ok(), DatasetList) as reply:
         reply()
     assert enclave.call(ListDatasets(), DatasetList).datasets == before
+
+
+@pytest.mark.parametrize(
+    ("damage", "why"),
+    [
+        (lambda x, y: (x, np.where(np.arange(len(y)) == 7, 10, y)), "record 7 has label 10"),
+        (lambda x, y: (x, np.where(np.arange(len(y)) == 3, -1, y)), "record 3 has label -1"),
+        (lambda x, y: (np.where(np.arange(len(y))[:, None, None, None] == 5, np.nan, x), y), "record 5 holds NaN"),
+        (lambda x, y: (np.where(np.arange(len(y))[:, None, None, None] == 2, 1.5, x), y), "record 2 holds"),
+        (lambda x, y: (x[:, :, :4, :4], y), "records are 64 bytes"),
+    ],
+)
+def test_records_outside_the_consortium_schema_ingest_nothing(
+    enclave: EnclaveHost, people: People, damage: Any, why: str
+) -> None:
+    share = digits_shares(4)[0]
+    x, y = damage(share.x, share.y)
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    key, dataset_id = aead.new_key(), f"alice-bad-{next(_ids)}"
+    container = pack_arrays(  # what a participant's own tooling could send: no client-side checks
+        x.tobytes(), [int(v) for v in y], payload_size=int(x[0].nbytes), dataset_id=dataset_id,
+        identity=people.alice.identity, participant_id="alice", data_key=key, schema={},
+    )
+    packed = Packed(container, key, dataset_id, "alice", share)
+    before = dataset_ids(enclave)
+    with pytest.raises(SchemaViolation, match=f"dataset alice/{packed.dataset_id}: {why}"):
+        enclave.call_member(submission(packed, people.alice, enclave.keys), DatasetReceipt)
+    assert dataset_ids(enclave) == before

@@ -14,14 +14,14 @@ import io
 import json
 import secrets
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 
 from caltrain.crypto.hashing import tagged_hash
 from caltrain.enclave.consent import DataUsePolicy, check_grant, check_job_use
-from caltrain.enclave.consortium import Member
+from caltrain.enclave.consortium import DatasetSchema, Member
 from caltrain.enclave.datastore import IngestedDataset
 from caltrain.enclave.ingest import datasets
 from caltrain.enclave.protocol import job_result_digest
@@ -45,7 +45,7 @@ from caltrain.enclave.wire import (
     TrainSteps,
 )
 from caltrain.errors import DataError, TrainingError
-from caltrain.models import Partition, candidate_cuts
+from caltrain.models import ZOO, Partition, build_model, candidate_cuts
 from caltrain.training.config import TrainConfig
 from caltrain.training.core import (
     architecture_hash,
@@ -151,40 +151,40 @@ def policies(ctx: EnclaveContext, dataset_ids: list[str]) -> dict[str, DataUsePo
     return {i: store.get(i).policy for i in dataset_ids}
 
 
-def total_blocks(config: TrainConfig) -> int:
-    model, _ = build_split(config.model_copy(update={"frontnet_layers": 1, "seed": 0}))
-    return len(candidate_cuts(model))
+def _check_spec(config: TrainConfig, schema: DatasetSchema | None) -> int:
+    """The number of blocks of the spec's model, once the spec is shown to make sense; `JobRefused` otherwise."""
+    if config.seed is not None:
+        raise JobRefused("a job spec names no seed: initial weights and data order come from enclave randomness")
+    if set(config.datasets) & set(config.eval_datasets):
+        overlap = sorted(set(config.datasets) & set(config.eval_datasets))
+        raise JobRefused(f"datasets {overlap} cannot both train and evaluate")
+    blocks = len(candidate_cuts(build_model(config.model)))
+    if not 1 <= config.frontnet_layers <= blocks:
+        raise JobRefused(f"frontnet_layers {config.frontnet_layers} is out of range: {config.model} has {blocks}")
+    expected = ZOO[config.model].input_shape
+    if schema is not None and tuple(schema.shape) != tuple(expected):
+        raise JobRefused(f"{config.model} takes {list(expected)} inputs; the consortium's records are "
+                         f"{list(schema.shape)}")
+    return blocks
 
 
 @ecall(CreateJob)
 def create_job(ctx: EnclaveContext, req: CreateJob, member: Member) -> JobCreated:
     """Admit an owner's job spec if every dataset's policy allows it; the enclave picks its id and seed."""
     config = TrainConfig.from_dict(req.spec)
-    if config.seed is not None:
-        raise JobRefused("a job spec names no seed: initial weights and data order come from enclave randomness")
+    blocks = _check_spec(config, ctx.config.consortium.schema)
     store = datasets(ctx)
     eval_ids = list(config.eval_datasets)
     train_ids = list(config.datasets) or [i for i in store.datasets if i not in eval_ids]
     if not train_ids:
         raise JobRefused("no training datasets have been ingested")
-    if set(train_ids) & set(eval_ids):
-        raise JobRefused(f"datasets {sorted(set(train_ids) & set(eval_ids))} cannot both train and evaluate")
-    blocks = total_blocks(config)
-    if not 1 <= config.frontnet_layers <= blocks:
-        raise JobRefused(f"frontnet_layers {config.frontnet_layers} is out of range: {config.model} has {blocks}")
     architecture = architecture_hash(config.model)
-    schema = ctx.config.consortium.schema
-    for i in train_ids + eval_ids:
-        store.get(i)  # every named dataset exists
-    for ids, use in ((train_ids, "training"), (eval_ids, "evaluation")):
-        check_job_use(
-            policies(ctx, ids), use=use, model=config.model, architecture=architecture,  # type: ignore[arg-type]
-            frontnet_blocks=config.frontnet_layers, total_blocks=blocks,
-        )
-    if schema is not None:
-        model, _ = build_split(config.model_copy(update={"seed": 0}))
-        with torch.no_grad():
-            model.eval()(torch.zeros(1, *schema.shape))  # the datasets' shape must fit the model
+    uses: tuple[tuple[list[str], Literal["training", "evaluation"]], ...] = (
+        (train_ids, "training"), (eval_ids, "evaluation")
+    )
+    for ids, use in uses:  # every named dataset exists, and its policy admits this use
+        check_job_use(policies(ctx, ids), use=use, model=config.model, architecture=architecture,
+                      frontnet_blocks=config.frontnet_layers, total_blocks=blocks)
     admitted = config.model_copy(update={"datasets": train_ids, "seed": secrets.randbits(63)})
     entry = JobEntry(
         job_id=f"job-{secrets.token_hex(16)}",
