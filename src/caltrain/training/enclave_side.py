@@ -39,8 +39,12 @@ from caltrain.models import Partition
 from caltrain.training.config import TrainConfig
 from caltrain.training.core import (
     build_split,
+    check_data,
+    dropout_seed,
+    ir_shape,
     is_checkpoint_step,
     make_optimizer,
+    seed_dropout,
     state_digest,
     steps_per_epoch,
     training_batch,
@@ -129,7 +133,6 @@ def save_checkpoint(ctx: EnclaveContext, job: Job) -> None:
         "next_step": job.next_step,
         "front": job.part.front.state_dict(),
         "optimizer": job.optimizer.state_dict(),
-        "torch_rng": torch.get_rng_state(),
     }
     buf = io.BytesIO()
     torch.save(state, buf)
@@ -161,7 +164,6 @@ def load_checkpoint(ctx: EnclaveContext, job: Job) -> None:
         raise SealedStateError(f"checkpoint belongs to another job or configuration than {job.job_id}")
     job.part.front.load_state_dict(state["front"])
     job.optimizer.load_state_dict(state["optimizer"])
-    torch.set_rng_state(state["torch_rng"])
     job.next_step = int(state["next_step"])
 
 
@@ -179,9 +181,10 @@ def start(ctx: EnclaveContext, req: TrainStart) -> TrainReady:
         eval_x, eval_y = stack_datasets([store.get(i) for i in eval_ids])
     else:
         eval_x, eval_y = x[:0], y[:0]
+    check_data(config, x, y)
+    check_data(config, eval_x, eval_y)
     model, part = build_split(config)
     model.train()
-    ir_shape = list(part.front(x[:1]).shape[1:])
     job = Job(
         job_id=req.job_id,
         config=config,
@@ -209,7 +212,7 @@ def start(ctx: EnclaveContext, req: TrainStart) -> TrainReady:
         steps_per_epoch=job.spe,
         total_steps=job.total_steps,
         next_step=job.next_step,
-        ir_shape=ir_shape,
+        ir_shape=list(ir_shape(config)),
     )
 
 
@@ -217,6 +220,7 @@ def _train_forward(job: Job, step: int) -> tuple[int, str]:
     if step != job.next_step or job.pending is not None or step >= job.total_steps:
         raise StepOutOfOrder(f"forward of step {step} requested; the next step is {job.next_step}")
     xb, yb = training_batch(job.x, job.y, job.config, step)
+    seed_dropout(job.part.front, dropout_seed(job.config.seed, "front"), step)
     ir = job.part.front(xb)
     job.pending = ir
     layout = job.ir.put(ir)

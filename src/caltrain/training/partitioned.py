@@ -26,9 +26,16 @@ from caltrain.enclave.wire import (
     TrainStart,
 )
 from caltrain.errors import TrainingError
-from caltrain.models import ZOO
 from caltrain.training.config import TrainConfig
-from caltrain.training.core import build_split, loss_fn, make_optimizer, state_digest
+from caltrain.training.core import (
+    build_split,
+    dropout_seed,
+    ir_shape,
+    loss_fn,
+    make_optimizer,
+    seed_dropout,
+    state_digest,
+)
 from caltrain.training.plain import EpochStats, Progress, TrainingReport
 
 log = logging.getLogger("caltrain.training")
@@ -56,9 +63,8 @@ class PartitionedTrainer:
         _, part = build_split(config)
         self.back = part.back.to(self.device)
         self.optimizer = make_optimizer(list(self.back.parameters()), config)
-        sample = torch.zeros(1, *ZOO[config.model].input_shape)
-        with torch.no_grad():
-            self.ir_shape = tuple(part.front(sample).shape[1:])
+        self.back_stream = dropout_seed(config.seed, "back")  # the BackNet's dropout stream, not the FrontNet's
+        self.ir_shape = ir_shape(config)
         capacity = max(config.batch_size, EVAL_BATCH) * int(torch.Size(self.ir_shape).numel())
         self.ir = SharedTensor.create(capacity, "float32")
         self.grad = SharedTensor.create(capacity, "float32")
@@ -125,6 +131,7 @@ class PartitionedTrainer:
         (n, layout), self._ready = self._ready, None
         ir = self.ir.view((n, *self.ir_shape), layout).to(self.device).requires_grad_()
         labels = self.labels.view((n,)).to(self.device)
+        seed_dropout(self.back, self.back_stream, step, self.device)
         logits = self.back(ir)
         loss = loss_fn(logits, labels)
         self.optimizer.zero_grad(set_to_none=True)
