@@ -6,6 +6,8 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import re
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -222,7 +224,7 @@ json_values = st.recursive(
     | st.floats(allow_nan=True, allow_infinity=True)
     | st.sampled_from([*LAYERS, "sequential", "residual", "concat", "__class__", "forward", "0", "", "a" * 40])
     | st.text(max_size=8),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=8), inner, max_size=4)),
     max_leaves=12,
 )
 
@@ -332,3 +334,14 @@ def test_random_specs_parse_to_what_torch_builds(doc: dict[str, Any]) -> None:
         return
     check_against_torch(spec)
     assert parse_spec(spec.to_dict()).hash == spec.hash
+
+
+def test_the_documented_example_has_the_documented_hash() -> None:
+    text = (Path(__file__).resolve().parents[2] / "docs" / "models.md").read_text()
+    example = re.search(r"## Format\n\n```json\n(.*?)```", text, re.S)
+    documented = re.search(r"hash: `([0-9a-f]{64})`", text)
+    assert example and documented
+    spec = loads_spec(example.group(1))
+    assert spec.hash == documented.group(1)
+    assert f"({spec.parameters:,} parameters" in text
+    assert ZOO["digits-cnn"].hash in text

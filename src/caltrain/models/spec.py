@@ -213,7 +213,20 @@ def _pair_t(v: list[int]) -> tuple[int, int]:
     return v[0], v[1]
 
 
-WINDOW = {"kernel_size": Param("pair", 1, MAX_KERNEL), "padding": Param("pair", 0, MAX_KERNEL, 0)}
+def _pool(cls: type[nn.MaxPool2d] | type[nn.AvgPool2d]) -> LayerType:
+    window = {
+        "kernel_size": Param("pair", 1, MAX_KERNEL),
+        "padding": Param("pair", 0, MAX_KERNEL, 0),
+        "stride": Param("pair", 1, MAX_KERNEL, "kernel_size"),  # defaults to the kernel, as in torch
+    }
+    return LayerType(
+        window,
+        (3,),
+        _pool_shape,
+        lambda s, a: cls(_pair_t(a["kernel_size"]), stride=_pair_t(a["stride"]), padding=_pair_t(a["padding"])),
+    )
+
+
 NORM = {
     "eps": Param("float", 1e-12, 1.0, 1e-5),
     "momentum": Param("float", 0.0, 1.0, 0.1),
@@ -274,22 +287,8 @@ LAYERS: dict[str, LayerType] = {
         _same,
         lambda s, a: nn.LayerNorm(list(s), eps=a["eps"], elementwise_affine=a["affine"]),
     ),
-    "maxpool2d": LayerType(
-        {**WINDOW, "stride": Param("pair", 1, MAX_KERNEL, "kernel_size")},
-        (3,),
-        _pool_shape,
-        lambda s, a: nn.MaxPool2d(
-            _pair_t(a["kernel_size"]), stride=_pair_t(a["stride"]), padding=_pair_t(a["padding"])
-        ),
-    ),
-    "avgpool2d": LayerType(
-        {**WINDOW, "stride": Param("pair", 1, MAX_KERNEL, "kernel_size")},
-        (3,),
-        _pool_shape,
-        lambda s, a: nn.AvgPool2d(
-            _pair_t(a["kernel_size"]), stride=_pair_t(a["stride"]), padding=_pair_t(a["padding"])
-        ),
-    ),
+    "maxpool2d": _pool(nn.MaxPool2d),
+    "avgpool2d": _pool(nn.AvgPool2d),
     "adaptiveavgpool2d": LayerType(
         {"output_size": Param("pair", 1, 64)},
         (3,),
