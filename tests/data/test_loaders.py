@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pickle
 from pathlib import Path
+from typing import Any, ClassVar
 
 import numpy as np
 import pytest
@@ -17,7 +18,7 @@ class Python2Pickler(pickle._Pickler):  # type: ignore[name-defined,misc]
     """Writes what CIFAR-10's own batches hold: Python 2 pickles (protocol 2), whose strings are byte strings
     (BINSTRING, read back as bytes with encoding="bytes") and whose arrays name numpy.core.multiarray."""
 
-    dispatch = dict(pickle._Pickler.dispatch)  # type: ignore[attr-defined]
+    dispatch: ClassVar[dict[type, Any]] = dict(pickle._Pickler.dispatch)  # type: ignore[attr-defined]
 
     def save_py2_str(self, obj: str | bytes) -> None:
         data = obj.encode("latin-1") if isinstance(obj, str) else obj
