@@ -59,7 +59,7 @@ def run_show(args: argparse.Namespace) -> int:
     print(f"input   {c}×{h}×{w}, {spec.num_classes} classes, {spec.parameters:,} parameters")
     print(f"{'cut m':>5}  {'after block':<14} {'type':<10} {'IR per input':<14} {'parameters':>10}")
     for m, (name, doc, shape, params) in enumerate(
-        zip(spec.blocks, spec.document["blocks"], spec.block_shapes, spec.block_parameters, strict=True), start=1
+        zip(spec.blocks, spec.to_dict()["blocks"], spec.block_shapes, spec.block_parameters, strict=True), start=1
     ):
         note = "  (full enclave)" if m == len(spec.blocks) else ""
         dims = "×".join(map(str, shape))

@@ -477,23 +477,18 @@ def _dims(shape: Shape) -> str:
 
 @dataclass(frozen=True, eq=False)
 class ModelSpec:
-    """A parsed, validated spec. Equal specs have equal `hash`; build with `build(seed)`."""
+    """A parsed, validated spec; immutable (its canonical JSON is fixed when parsed). Build with `build(seed)`."""
 
-    document: Mapping[str, Any]  # the normalised document (defaults filled in): what the hash covers
+    name: str
+    input_shape: tuple[int, int, int]
+    num_classes: int
+    canonical: str  # the normalised document (defaults filled in) as canonical JSON: what the hash covers
     _blocks: tuple[_Block, ...]
 
     @property
-    def name(self) -> str:
-        return str(self.document["name"])
-
-    @property
-    def input_shape(self) -> tuple[int, int, int]:
-        c, h, w = self.document["input_shape"]
-        return int(c), int(h), int(w)
-
-    @property
-    def num_classes(self) -> int:
-        return int(self.document["num_classes"])
+    def hash(self) -> str:
+        """Hex SHA-256 over the tag `caltrain/model-spec/v1` and the canonical JSON: what policies approve."""
+        return tagged_hash(HASH_TAG, self.canonical.encode()).hex()
 
     @property
     def blocks(self) -> tuple[str, ...]:
@@ -513,17 +508,9 @@ class ModelSpec:
     def parameters(self) -> int:
         return sum(self.block_parameters)
 
-    def canonical_json(self) -> str:
-        return canonical_json(self.document)
-
-    @property
-    def hash(self) -> str:
-        """Hex SHA-256 over the tag `caltrain/model-spec/v1` and the canonical JSON: what policies approve."""
-        return tagged_hash(HASH_TAG, self.canonical_json().encode()).hex()
-
     def to_dict(self) -> dict[str, Any]:
         """The normalised document, a fresh copy (a spec in its own right: it parses to the same hash)."""
-        document: dict[str, Any] = json.loads(self.canonical_json())
+        document: dict[str, Any] = json.loads(self.canonical)
         return document
 
     def cut_shape(self, m: int) -> Shape:
@@ -603,14 +590,15 @@ def parse_spec(doc: Any) -> ModelSpec:
             f"the last block ({last.name!r}) must be the classifier: one linear layer with num_classes={classes} "
             "outputs (its input is the embedding accountability fingerprints)"
         )
+    shape_in = blocks[0].in_shape
     document = {
         "version": SPEC_VERSION,
         "name": name,
-        "input_shape": list(blocks[0].in_shape),
+        "input_shape": list(shape_in),
         "num_classes": classes,
         "blocks": normal_blocks,
     }
-    return ModelSpec(document, tuple(blocks))
+    return ModelSpec(name, (shape_in[0], shape_in[1], shape_in[2]), classes, canonical_json(document), tuple(blocks))
 
 
 def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
