@@ -1,17 +1,20 @@
 """Step time of partitioned training (FrontNet in the enclave process) against plain training, in one run.
 
-28x28 CNN (fmnist-cnn), FrontNet = first conv block, batch 128, one thread per process (MACHINE-NOTES.md).
-Plain and partitioned steps are timed in alternating rounds so machine noise hits both alike; the ratio is
-of the medians. Fashion-MNIST is used when installed, else random 28x28 images (step time does not depend
-on pixel values). Last line: JSON with "step_time_ratio" and the per-step boundary cost in ms.
+Default: the 28x28 CNN (fmnist-cnn), FrontNet = first conv block, batch 128, one thread per process
+(MACHINE-NOTES.md). `--model` takes any zoo name or spec file, e.g. the 3-channel `cifar-resnet`. Plain and
+partitioned steps are timed in alternating rounds so machine noise hits both alike; the ratio is of the
+medians. Data: Fashion-MNIST for 1x28x28 models when installed, the generated colour-digits for 3x32x32 ones,
+else random images of the model's input shape (step time does not depend on pixel values). Last line: JSON
+with "step_time_ratio" and the per-step boundary cost in ms.
 
-    python benchmarks/training_overhead.py [--rounds 6] [--steps 8]
+    python benchmarks/training_overhead.py [--rounds 6] [--steps 8] [--model cifar-resnet --frontnet-layers 2]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import sys
@@ -24,27 +27,43 @@ sys.path[:0] = [str(Path(__file__).resolve().parents[1] / "src"), str(Path(__fil
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from tests.helpers import create_job, ingest, make_people, pack  # noqa: E402
+from tests.helpers import create_job, ingest, make_people, open_policy, pack  # noqa: E402
 
 from caltrain.data.datasets import ArrayDataset, DatasetUnavailable, load_dataset  # noqa: E402
 from caltrain.enclave.allocator import keep_freed_memory  # noqa: E402
+from caltrain.enclave.consent import ApprovedModel  # noqa: E402
 from caltrain.enclave.consortium import DatasetSchema  # noqa: E402
 from caltrain.enclave.host import EnclaveHost  # noqa: E402
 from caltrain.enclave.manifest import EnclaveConfig  # noqa: E402
 from caltrain.enclave.wire import DatasetList, ListDatasets  # noqa: E402
+from caltrain.models import ModelSpec, load_spec, resolve_model  # noqa: E402
 from caltrain.training.config import TrainConfig  # noqa: E402
-from caltrain.training.core import build_split, loss_fn, make_optimizer, training_batch  # noqa: E402
+from caltrain.training.core import (  # noqa: E402
+    build_split,
+    dropout_seed,
+    loss_fn,
+    make_optimizer,
+    seed_dropout,
+    steps_per_epoch,
+    training_batch,
+)
 from caltrain.training.partitioned import PartitionedTrainer  # noqa: E402
 
 
-def data(records: int) -> tuple[ArrayDataset, str]:
+def data(spec: ModelSpec, records: int) -> tuple[ArrayDataset, str]:
+    """Real data of the model's input shape where there is some here, else random images of that shape."""
+    name = {(1, 28, 28): "fashion-mnist", (3, 32, 32): "colour-digits"}.get(spec.input_shape)
     try:
-        train, _ = load_dataset("fashion-mnist")
-        return train.subset(np.arange(records)), "fashion-mnist"
+        if name is not None:
+            train, _ = load_dataset(name)
+            return train.subset(np.arange(min(records, len(train)))), name
     except DatasetUnavailable:
-        rng = np.random.default_rng(0)
-        x = rng.random((records, 1, 28, 28), dtype=np.float32)
-        return ArrayDataset(x, rng.integers(0, 10, records).astype(np.int64), "random-28x28", 10), "random-28x28"
+        pass
+    rng = np.random.default_rng(0)
+    x = rng.random((records, *spec.input_shape), dtype=np.float32)
+    source = "random-" + "x".join(map(str, spec.input_shape))
+    labels = rng.integers(0, spec.num_classes, records).astype(np.int64)
+    return ArrayDataset(x, labels, source, spec.num_classes), source
 
 
 def process_cpu(pid: int) -> float:
@@ -57,31 +76,40 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--steps", type=int, default=8, help="steps per round and trainer")
+    parser.add_argument("--model", default="fmnist-cnn", help="zoo name or spec .json file")
+    parser.add_argument("--frontnet-layers", type=int, default=1, help="blocks in the enclave")
     args = parser.parse_args()
     torch.set_num_threads(1)
     keep_freed_memory()  # same allocator settings as the enclave process, so the baseline is not handicapped
     total = args.rounds * args.steps
-    config = TrainConfig(model="fmnist-cnn", frontnet_layers=1, batch_size=128, epochs=1, augment=True)
-    dataset, source = data(128 * (total + 2))
+    spec = load_spec(Path(args.model)) if args.model.endswith(".json") else resolve_model(args.model)
+    dataset, source = data(spec, 128 * (total + 2))
+    epochs = math.ceil((total + 2) / steps_per_epoch(len(dataset), 128))  # a small data set: several epochs
+    config = TrainConfig(
+        model=spec.to_dict(), frontnet_layers=args.frontnet_layers, batch_size=128, epochs=epochs, augment=True
+    )
     people = make_people()
-    consortium = people.consortium.with_schema(DatasetSchema((1, 28, 28), 10))
+    consortium = people.consortium.with_schema(DatasetSchema(spec.input_shape, spec.num_classes))
     with (
         tempfile.TemporaryDirectory() as tmp,
         EnclaveHost(state_dir=Path(tmp) / "state", config=EnclaveConfig(consortium)) as host,
     ):
-        ingest(host, pack(dataset, people.alice, "bench", chunk_bytes=1 << 20), people.alice)
+        consent = open_policy(models=[ApprovedModel(name=spec.name, architecture=spec.hash)])
+        ingest(host, pack(dataset, people.alice, "bench", chunk_bytes=1 << 20), people.alice, consent)
         # Admission (the owner's signed job, checked against the data-use policy) happens once per job, here.
         created = create_job(host, people.owner, config.model_copy(update={"datasets": ["alice/bench"]}))
         config = TrainConfig.from_dict(created.spec)
         trainer = PartitionedTrainer(host, config, job_id=created.job_id, workdir=Path(tmp) / "w")
         trainer.start()
         config = config.model_copy(update={"seed": 0})  # the plain twin's own seed: step time does not depend on it
-        model, _ = build_split(config)
+        model, part = build_split(config)
         optimizer = make_optimizer(list(model.parameters()), config)
         x, y = torch.from_numpy(dataset.x), torch.from_numpy(dataset.y)
 
         def plain_step(step: int) -> None:
             xb, yb = training_batch(x, y, config, step)
+            seed_dropout(part.front, dropout_seed(config, "front"), step)  # dropout streams as across the cut
+            seed_dropout(part.back, dropout_seed(config, "back"), step)
             loss = loss_fn(model(xb), yb)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -118,7 +146,8 @@ def main() -> None:
     result = {
         "benchmark": "training_overhead",
         "data": source,
-        "model": config.model,
+        "model": spec.name,
+        "model_hash": spec.hash,
         "frontnet_layers": config.frontnet_layers,
         "batch_size": config.batch_size,
         "steps_each": len(plain_times),

@@ -37,7 +37,6 @@ from caltrain.enclave.wire import (
 )
 from caltrain.models import ZOO
 from caltrain.training.config import TrainConfig
-from caltrain.training.core import architecture_hash
 
 R = TypeVar("R", bound=Message)
 DIGITS_SCHEMA = DatasetSchema((1, 8, 8), 10, (0.0, 1.0))
@@ -87,7 +86,7 @@ def open_policy(**changes: object) -> DataUsePolicy:
     """A policy that admits every zoo model at any cut, evaluation, the auditor role tracing, owners receiving the
     FrontNet and deploying: tests narrow it clause by clause."""
     base = DataUsePolicy(
-        models=[ApprovedModel(name=n, architecture=architecture_hash(n)) for n in ZOO],
+        models=[ApprovedModel(name=n, architecture=spec.hash) for n, spec in ZOO.items()],
         min_frontnet_blocks=1,
         evaluation=True,
         frontnet_recipients=Grantees(roles=[Role.OWNER, Role.AUDITOR]),

@@ -31,11 +31,12 @@ from caltrain.data.datasets import load_dataset
 from caltrain.enclave.authority import UNSIGNED, open_signed_reply
 from caltrain.enclave.consent import Grantees
 from caltrain.enclave.consortium import Consortium, Role
-from caltrain.enclave.errors import ConsentRefused, ReplyInvalid, StateRolledBack
+from caltrain.enclave.errors import ConsentRefused, ReplyInvalid, StateRolledBack, UnknownDataset
 from caltrain.enclave.host import EnclaveHost
 from caltrain.enclave.manifest import EnclaveConfig, measured_modules
 from caltrain.enclave.wire import (
     BuildLinkage,
+    CreateJob,
     DatasetList,
     DatasetReceipt,
     DeployModel,
@@ -46,6 +47,7 @@ from caltrain.enclave.wire import (
     ForwardOut,
     FrontForward,
     GetEvidence,
+    JobCreated,
     LinkageBuilt,
     ListDatasets,
     ModelDeployed,
@@ -58,9 +60,9 @@ from caltrain.enclave.wire import (
     encode,
     to_json,
 )
-from caltrain.errors import AuthError, CaltrainError
+from caltrain.errors import AuthError, CaltrainError, ModelError
 from caltrain.inference.serving import InferenceService
-from caltrain.models import build_model
+from caltrain.models import PartitionError, build_model
 from caltrain.service.client import AttestedEnclave, CaltrainClient, check_report, draft_policy
 from caltrain.service.loopback import LoopbackServer, free_port
 from caltrain.service.participant import MemberHome
@@ -411,10 +413,14 @@ def test_14_the_enclave_runs_only_its_own_methods(world: World, people: People) 
 
 
 def test_bad_job_specs_are_refused_at_admission(world: World) -> None:
+    """What a client would refuse early, sent straight to the enclave by a member's own tooling."""
+    base = TrainConfig(datasets=["bob/b0"]).to_dict()
     for spec, error in (
-        (TrainConfig(frontnet_layers=9, datasets=["bob/b0"]), JobRefused),
-        (TrainConfig(datasets=["bob/nope"]), CaltrainError),
-        (TrainConfig(datasets=["bob/b0"], eval_datasets=["bob/b0"]), JobRefused),
+        ({**base, "frontnet_layers": 9}, PartitionError),
+        ({**base, "model": {"name": "x", "blocks": [{"name": "b", "layers": [{"type": "eval"}]}]}}, ModelError),
+        ({**base, "datasets": ["bob/nope"]}, UnknownDataset),
+        ({**base, "eval_datasets": ["bob/b0"]}, JobRefused),
+        ({**base, "model": "cifar-resnet"}, JobRefused),  # 3×32×32 inputs; the consortium's records are 1×8×8
     ):
         with pytest.raises(error):
-            create_job(world.host, world.people.owner, spec)
+            call_signed(world.host, CreateJob(spec=spec, auth=UNSIGNED), world.people.owner, JobCreated)

@@ -3,7 +3,9 @@ layer is judged safe, and a layer the seed rule passes but the attacks reconstru
 
 from __future__ import annotations
 
+import html
 import json
+import re
 from collections import OrderedDict
 from typing import Any
 
@@ -35,7 +37,14 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         progress=False,
     )
     data = result.to_json()
-    assert json.loads((out / "report.json").read_text())["recommended_layer"] == data["recommended_layer"]
+    written = json.loads((out / "report.json").read_text())
+    assert written["recommended_layer"] == data["recommended_layer"]
+    page = (out / "report.html").read_text()
+    text = re.sub(r'src="data:image/png;base64,[^"]*"', "", page)
+    # the recommendation comes first, in words, before any figure or table
+    assert text.index(html.escape(data["summary"]["headline"])) < min(text.index("<figure"), text.index("<table"))
+    for number in (written["model"]["weights_digest"], f"{written['model']['test_accuracy']:.1%}", "chance 10%"):
+        assert number in text
     return data
 
 
@@ -76,3 +85,40 @@ def test_report_carries_seed_config_and_fsha_flag(report: dict[str, Any]) -> Non
     assert report["training_time_hijacking"]["applies"] is True
     assert "FSHA" in report["training_time_hijacking"]["note"]
     assert report["model"]["cuts"][-1] == "host"
+
+
+def test_summary_says_what_to_do_first_in_words(report: dict[str, Any]) -> None:
+    s = report["summary"]
+    assert s["headline"].startswith("Cut after probs: blocks 1–6 run in the enclave")
+    assert "One cut earlier (after fc1)" in s["reason"] and "chance 10%" in s["reason"]
+    assert (
+        s["cost"] == "Enclave cost: 38,282 parameters (100% of the model) and 0.675 MFLOPs (100% of its compute), "
+        f"about {report['recommended_enclave_cost']['latency_ms']:.2g} ms per input here."
+    )
+    assert [t["advice"] for t in s["by_tier"]] == ["cut after probs"] * 3
+    assert "would cut after fc1: too early" in s["seed_rule"]
+
+
+def test_json_keeps_what_the_page_shows(report: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> None:
+    assert report["model"]["hash"] is None and len(report["model"]["weights_digest"]) == 64
+    assert report["targets"] == 150 and report["auxiliary_images"] == 800 and report["test_records"] == 359
+    assert report["model"]["test_accuracy"] > 0.95 and report["caltrain_version"] and "T" in report["created"]
+    assert report["thresholds"] == {
+        "max_ssim_gain": 0.05,
+        "max_p95_ssim": 0.3,
+        "candidates_k": 10,
+        "chance": 0.1,
+        "reid_slack": 0.05,
+        "max_reid": pytest.approx(0.15),
+        "seed_safe_fraction": 0.5,
+    }
+    conv1 = by_name(report, "conv1")
+    assert conv1["cost_share"]["params"] == pytest.approx(160 / 38282)
+    for attack in conv1["attacks"].values():
+        assert len(attack["gallery_ssim"]) == 6 and set(attack["failed_criteria"]) <= {
+            "gain",
+            "p95",
+            "re-identification",
+        }
+        assert attack["p95_bar"] >= 0.3
+    assert len(report["baselines"]["class-mean"]["gallery_ssim"]) == 6

@@ -68,4 +68,4 @@ def test_seed_safe_layers_that_an_attack_reconstructs_are_reported() -> None:
     layers = [layer("c1", seed_safe=False, reid=0.9), layer("c2", reid=0.9), layer("c3")]
     misses = seed_rule_misses(layers, CFG)
     assert [(m["layer"], m["attack"]) for m in misses] == [("c2", "rmle")]
-    assert "re-identification" in misses[0]["reasons"][0]
+    assert "picks its target among 10 same-class images 90% of the time" in misses[0]["reasons"][0]

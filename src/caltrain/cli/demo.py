@@ -30,12 +30,11 @@ from caltrain.enclave.manifest import EnclaveConfig, measure
 from caltrain.enclave.wire import ForensicReply
 from caltrain.errors import CaltrainError
 from caltrain.exposure.assess import assess
-from caltrain.models import build_model, spec_for_dataset
+from caltrain.models import build_model, resolve_model, spec_for_dataset
 from caltrain.service.client import CaltrainClient, draft_policy
 from caltrain.service.loopback import LoopbackServer
 from caltrain.service.participant import MemberHome
 from caltrain.training.config import TrainConfig
-from caltrain.training.core import architecture_hash
 from caltrain.training.plain import train_plain
 
 MARKER = ".caltrain-demo"
@@ -87,9 +86,10 @@ def poisoned_shares(train: ArrayDataset, seed: int) -> Shares:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="run the whole protocol on loopback and write report.json")
     p.add_argument("--out", type=Path, default=Path("out/demo"))
-    p.add_argument("--dataset", default="digits", choices=["digits", "fashion-mnist"])
+    p.add_argument("--dataset", default="digits", choices=["digits", "colour-digits", "fashion-mnist"],
+                   help="colour-digits: digits as generated 3x32x32 colour images, trained with cifar-resnet")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--epochs", type=int, help="default: 20 on digits, 2 on fashion-mnist")
+    p.add_argument("--epochs", type=int, help="default: 20 on digits, 8 on colour-digits, 2 on fashion-mnist")
     p.add_argument("--records", type=int, default=12000, help="fashion-mnist: training records to use")
     p.set_defaults(func=run)
 
@@ -103,7 +103,7 @@ def demo_consent(model: str) -> DataUsePolicy:
     architecture, at least the first two blocks inside the enclave, the auditor may trace and may receive the
     trained FrontNet and seed (for the demo's bit-identical parity check), owners may deploy."""
     return DataUsePolicy(
-        models=[ApprovedModel(name=model, architecture=architecture_hash(model))],
+        models=[ApprovedModel(name=model, architecture=resolve_model(model).hash)],
         min_frontnet_blocks=FRONTNET_LAYERS,
         frontnet_recipients=Grantees(members=[AUDITOR]),
     )
@@ -131,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
         shutil.rmtree(out)  # an earlier demo run: start afresh (its keys and state are throwaway)
     out.mkdir(parents=True, exist_ok=True)
     (out / MARKER).write_text("written by `caltrain demo`; the next demo run into this folder replaces it\n")
-    epochs = args.epochs or (20 if args.dataset == "digits" else 2)
+    epochs = args.epochs or {"digits": 20, "colour-digits": 8}.get(args.dataset, 2)
     say("caltrain demo — SIMULATED TEE: the enclave is an ordinary process here (no hardware protection)")
 
     train, test = demo_data(args.dataset, args.records, args.seed)
@@ -310,17 +310,18 @@ def _exposure(
         out_dir=out / "exposure",
         seed=seed,
         model_name=name,
+        model_hash=resolve_model(name).hash,
         progress=False,
     ).to_json()
     cuts = report["model"]["cuts"]
     chosen = cuts[config.frontnet_layers - 1]
     say(
-        f"8. exposure assessment (tiny budget): recommended cut after '{report['recommended_layer']}', the seed "
-        f"rule alone would say '{report['seed_rule_layer']}'; this job cut after '{chosen}'. "
-        f"Report: {out / 'exposure' / 'report.html'}"
+        f"8. exposure assessment (tiny budget): {report['summary']['headline']} The seed rule alone would cut after "
+        f"'{report['seed_rule_layer']}'; this job cut after '{chosen}'. Report: {out / 'exposure' / 'report.html'}"
     )
     return {
         "recommended_layer": report["recommended_layer"],
+        "summary": report["summary"],
         "seed_rule_layer": report["seed_rule_layer"],
         "trained_cut": chosen,
         "seed_rule_misses": report["seed_rule_misses"],

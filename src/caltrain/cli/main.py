@@ -17,6 +17,7 @@ COMMAND_MODULES = (
     "caltrain.cli.train",
     "caltrain.cli.trace",
     "caltrain.cli.assess",
+    "caltrain.cli.model",
     "caltrain.cli.infer",
     "caltrain.cli.demo",
     "caltrain.cli.evidence",

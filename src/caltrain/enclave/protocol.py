@@ -40,12 +40,12 @@ def job_result_digest(job_id: str, steps: int, front_digest: str, back_digest: s
     )
 
 
-def weights_info(model_id: str, architecture: str, m: int, ternary: bool) -> bytes:
-    """HPKE `info` of an owner's sealed FrontNet: it opens only as this model, cut and mode."""
+def weights_info(model_id: str, architecture_hash: str, m: int, ternary: bool) -> bytes:
+    """HPKE `info` of an owner's sealed FrontNet: it opens only as this model id, architecture, cut and mode."""
     return tagged_hash(
         "caltrain/deploy-weights/v1",
         model_id.encode(),
-        architecture.encode(),
+        architecture_hash.encode(),
         str(m).encode(),
         str(int(ternary)).encode(),
     )

@@ -296,6 +296,7 @@ class TrainReady(Message):
     ir_shape: list[int]
     full_enclave: bool
     backnet: bytes  # the BackNet's initial weights (torch state_dict); empty in full-enclave mode
+    back_dropout_seed: int  # the BackNet's dropout stream, derived one-way from the secret job seed
 
 
 @request(sender=HOST, answer=TrainReady)
@@ -442,7 +443,8 @@ class SuspicionQuery(Message):
 @reply
 class ModelDeployed(Message):
     model_id: str
-    architecture: str
+    architecture: str  # the spec's name
+    architecture_hash: str
     m: int
     ternary: bool
     owner: str
@@ -461,7 +463,7 @@ class DeployModel(Message):
     model_id: str
     job_id: str
     front_digest: str
-    architecture: str
+    architecture: str | dict[str, Any]  # a zoo name or a model spec (caltrain.models.resolve_model)
     m: int
     ternary: bool
     sealed_weights: bytes

@@ -6,6 +6,7 @@ import json
 import math
 import time
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from caltrain import __version__
 from caltrain.data import ArrayDataset
 from caltrain.errors import ExposureError
 from caltrain.exposure.attacks import class_mean_prior, decode, global_mean_prior, rmle, train_decoder
@@ -28,7 +30,10 @@ from caltrain.exposure.decision import (
 )
 from caltrain.exposure.metrics import Estimate, bootstrap, reidentification, ssim_psnr
 from caltrain.exposure.seed_rule import SeedRuleResult, seed_rule
+from caltrain.exposure.summary import summarise
 from caltrain.models import candidate_cuts, partition
+from caltrain.models.fit import accuracy
+from caltrain.training.core import state_digest
 
 FSHA_NOTE = (
     "Training-time hijacking (Pasquini et al., CCS 2021, FSHA): when gradients computed by the untrusted host "
@@ -45,36 +50,56 @@ class LayerResult:
     seed: SeedRuleResult
     seed_margin: dict[str, Estimate]
     gallery: dict[str, np.ndarray] = field(default_factory=dict)  # attack → first reconstructions
+    gallery_ssim: dict[str, list[float]] = field(default_factory=dict)  # attack → SSIM of each of those
 
-    def to_json(self, config: AssessConfig) -> dict[str, Any]:
+    def to_json(self, config: AssessConfig, full: EnclaveCost) -> dict[str, Any]:
         v = self.verdict
         return {
             "name": v.name,
             "ir_shape": list(self.ir_shape),
             "enclave_cost": asdict(self.cost),
+            "cost_share": _share(self.cost, full),
             "seed_rule": {
                 "fraction_safe": float(self.seed.safe.mean()),
                 "safe": v.seed_safe,
                 "kl_margin": {k: e.to_json() for k, e in self.seed_margin.items()},
             },
-            "attacks": {a: o.to_json(config) for a, o in v.attacks.items()},
+            "attacks": {
+                a: {**o.to_json(config), "gallery_ssim": self.gallery_ssim.get(a, [])} for a, o in v.attacks.items()
+            },
             "safe": {t: v.safe(t, config) for t in config.tiers},
         }
+
+
+def _share(cost: EnclaveCost, full: EnclaveCost) -> dict[str, float]:
+    """What fraction of the whole model's parameters and compute a cut puts in the enclave."""
+    return {
+        "params": cost.frontnet_params / max(full.frontnet_params, 1),
+        "flops": cost.flops / max(full.flops, 1),
+    }
 
 
 @dataclass
 class AssessmentReport:
     config: AssessConfig
     model_name: str
+    model_hash: str | None  # the spec's canonical hash, when the model came from one
+    weights_digest: str  # SHA-256 over the assessed weights (training.core.state_digest)
+    accuracy: float  # on the whole target pool (the held-out set)
     dataset: str
+    test_records: int
+    targets: int
+    auxiliary: int
     input_shape: tuple[int, ...]
     cuts: list[str]
     layers: list[LayerResult]
     baselines: dict[str, dict[str, dict[str, Estimate]]]  # prior → metric → stats
     gallery_originals: np.ndarray
     gallery_priors: dict[str, np.ndarray]
+    gallery_prior_ssim: dict[str, list[float]]
     full_enclave_cost: EnclaveCost
     seconds: float
+    created: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
 
     @property
     def full_enclave(self) -> str:
@@ -95,40 +120,74 @@ class AssessmentReport:
         return next((lr.cost for lr in self.layers if lr.verdict.name == layer), self.full_enclave_cost)
 
     def to_json(self) -> dict[str, Any]:
+        """Every number the HTML page shows, and the page's sentences (`summary`), which are made from them."""
         cfg = self.config
-        return {
+        data = {
+            "caltrain_version": __version__,
+            "created": self.created,
             "seed": cfg.seed,
-            "model": {"name": self.model_name, "input_shape": list(self.input_shape), "cuts": self.cuts},
+            "model": {
+                "name": self.model_name,
+                "hash": self.model_hash,
+                "weights_digest": self.weights_digest,
+                "test_accuracy": self.accuracy,
+                "input_shape": list(self.input_shape),
+                "cuts": self.cuts,
+            },
             "dataset": self.dataset,
+            "test_records": self.test_records,
+            "targets": self.targets,
+            "auxiliary_images": self.auxiliary,
+            "thresholds": {
+                "max_ssim_gain": cfg.max_ssim_gain,
+                "max_p95_ssim": cfg.max_p95_ssim,
+                "candidates_k": cfg.candidates_k,
+                "chance": 1.0 / cfg.candidates_k,
+                "reid_slack": cfg.reid_slack,
+                "max_reid": 1.0 / cfg.candidates_k + cfg.reid_slack,
+                "seed_safe_fraction": cfg.seed_safe_fraction,
+            },
             "recommended_layer": self.recommended_layer,
             "recommended_tier": cfg.strongest_tier,
             "recommended_enclave_cost": asdict(self.cost_of(self.recommended_layer)),
             "recommendation_by_tier": {t: self.recommended(t) for t in cfg.tiers},
             "seed_rule_layer": self.seed_rule_layer,
             "full_enclave_layer": self.full_enclave,
+            "full_enclave_cost": asdict(self.full_enclave_cost),
             "seed_rule_misses": seed_rule_misses([lr.verdict for lr in self.layers], cfg),
-            "layers": [lr.to_json(cfg) for lr in self.layers],
+            "layers": [lr.to_json(cfg, self.full_enclave_cost) for lr in self.layers],
             "baselines": {
-                p: {m: {k: e.to_json() for k, e in s.items()} for m, s in d.items()} for p, d in self.baselines.items()
+                p: {
+                    **{m: {k: e.to_json() for k, e in s.items()} for m, s in d.items()},
+                    "gallery_ssim": self.gallery_prior_ssim[p],
+                }
+                for p, d in self.baselines.items()
             },
             "training_time_hijacking": {"applies": cfg.untrusted_gradients, "note": FSHA_NOTE},
             "tiers": {t: list(TIERS[t]) for t in cfg.tiers},
             "config": cfg.to_json(),
             "seconds": round(self.seconds, 2),
         }
+        data["summary"] = summarise(data)
+        return data
 
     def write(self, out_dir: Path) -> list[Path]:
         """report.json, PNG plots and a self-contained HTML page under `out_dir`."""
         from caltrain.exposure.report import write_report
 
         out_dir.mkdir(parents=True, exist_ok=True)
+        data = self.to_json()
         path = out_dir / "report.json"
-        path.write_text(json.dumps(self.to_json(), indent=2))
-        return [path, *write_report(self, out_dir)]
+        path.write_text(json.dumps(data, indent=2))
+        return [path, *write_report(self, data, out_dir)]
 
 
 def _tensor(x: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+
+
+def _ssims(originals: np.ndarray, images: np.ndarray) -> list[float]:
+    return [float(v) for v in ssim_psnr(originals, images)[0]]
 
 
 def _pick(n: int, k: int, rng: np.random.Generator) -> np.ndarray:
@@ -173,12 +232,14 @@ def assess(
     seed: int = 0,
     config: AssessConfig | None = None,
     model_name: str = "model",
+    model_hash: str | None = None,
     progress: bool = True,
 ) -> AssessmentReport:
     """Attack every candidate cut of `model` and recommend one.
 
     `train_data` is the attacker's auxiliary data (disjoint from `targets`, the held-out images it tries to
-    reconstruct). `config` overrides `budget`, `tiers` and `seed` when given. With `out_dir`, writes the report.
+    reconstruct). `config` overrides `budget`, `tiers` and `seed` when given. `model_hash` (a spec's hash) names
+    the architecture on the page. With `out_dir`, writes the report.
     """
     cfg = config or AssessConfig(budget=budget, tiers=tiers, seed=seed)
     bud = cfg.resolved_budget
@@ -218,6 +279,7 @@ def assess(
     aux_irs = collect_irs(model, layers, aux_x) if {"decoder-full", "decoder-10pct"} & set(cfg.attacks) else {}
     noise_irs = collect_irs(model, layers, noise_x) if "decoder-noise" in cfg.attacks else {}
     n_gallery = min(6, len(index))
+    gallery_originals = targets.x[index[:n_gallery]]
     results: list[LayerResult] = []
     for layer in tqdm(layers, desc="layers", disable=not progress):
         ir = target_irs[layer]
@@ -254,18 +316,26 @@ def assess(
                 seed=seed_result,
                 seed_margin=bootstrap(seed_result.margin, bud.bootstrap, scorer.rng(f"{layer}/seed")),
                 gallery={a: r[:n_gallery].numpy() for a, r in recon.items()},
+                gallery_ssim={a: _ssims(gallery_originals, r[:n_gallery].numpy()) for a, r in recon.items()},
             )
         )
     report = AssessmentReport(
         config=cfg,
         model_name=model_name,
+        model_hash=model_hash,
+        weights_digest=state_digest(model),
+        accuracy=accuracy(model, targets.x, targets.y),
         dataset=targets.name,
+        test_records=len(targets),
+        targets=len(index),
+        auxiliary=len(aux),
         input_shape=input_shape,
         cuts=cuts,
         layers=results,
         baselines=baselines,
-        gallery_originals=targets.x[index[:n_gallery]],
+        gallery_originals=gallery_originals,
         gallery_priors={k: v[:n_gallery] for k, v in priors.items()},
+        gallery_prior_ssim={k: _ssims(gallery_originals, v[:n_gallery]) for k, v in priors.items()},
         full_enclave_cost=enclave_cost(model, cuts[-1], input_shape, bud.latency_runs),
         seconds=time.perf_counter() - started,
     )

@@ -29,17 +29,15 @@ def _taps(model: nn.Module, cuts: list[str], out: dict[str, list[torch.Tensor]])
 
 @torch.no_grad()
 def collect_irs(model: nn.Module, cuts: list[str], x: torch.Tensor, batch: int = 256) -> dict[str, torch.Tensor]:
-    """The IR the host would see at each cut, for every input in `x`: forward hooks on the cuts that are modules,
-    the FrontNet itself for cuts after a plain function (traced before any hook exists)."""
+    """The IR the host would see at each cut (a block name), for every input in `x`, from forward hooks."""
     model.eval()
-    modules = dict(model.named_modules())
-    fronts = {c: partition(model, c).front for c in cuts if c not in modules}
+    unknown = sorted(set(cuts) - set(candidate_cuts(model)))
+    if unknown:
+        raise ExposureError(f"cuts {unknown} are not blocks of the model")
     out: dict[str, list[torch.Tensor]] = {c: [] for c in cuts}
-    with _taps(model, [c for c in cuts if c in modules], out):
+    with _taps(model, cuts, out):
         for chunk in torch.split(x, batch):
             model(chunk)
-            for cut, front in fronts.items():
-                out[cut].append(front(chunk))
     return {c: torch.cat(v) for c, v in out.items()}
 
 
@@ -50,10 +48,10 @@ def assessable_layers(model: nn.Module, input_shape: tuple[int, ...]) -> list[st
     if not cuts:
         raise ExposureError("the model has a single block: the only cut is full-enclave, nothing to assess")
     sizes = {c: ir[0].numel() for c, ir in collect_irs(model, cuts, torch.zeros(1, *input_shape)).items()}
-    modules = dict(model.named_modules())
+    modules = dict(model.named_children())
     kept: list[str] = []
     for cut in cuts:
-        param_free = cut not in modules or not any(True for _ in modules[cut].parameters())
+        param_free = not any(True for _ in modules[cut].parameters())
         if kept and param_free and sizes[cut] == sizes[kept[-1]]:
             continue
         kept.append(cut)

@@ -23,21 +23,40 @@ class AttackOutcome:
     reid: Estimate  # top-1 re-identification rate among K same-class candidates
     prior_p95: float  # 95th-percentile SSIM of the class-mean prior on the same targets
 
+    def p95_bar(self, config: AssessConfig) -> float:
+        """The 95th-percentile SSIM an attack must stay below. Where the class-mean prior alone exceeds the absolute
+        bar (grey digits, clothing silhouettes), matching what the label already tells is not a reconstruction: the
+        bar is then the prior's own p95 plus the same slack the gain criterion allows."""
+        return max(config.max_p95_ssim, self.prior_p95 + config.max_ssim_gain)
+
+    def failed_checks(self, config: AssessConfig) -> list[tuple[str, str]]:
+        """(criterion, why) for each criterion by which this attack counts as reconstructing (empty: it does not)."""
+        chance = 1.0 / config.candidates_k
+        p95_bar = self.p95_bar(config)
+        failed = []
+        if self.ssim_gain["mean"].hi > config.max_ssim_gain:
+            failed.append(
+                (
+                    "gain",
+                    f"SSIM gain over the class-mean prior up to {self.ssim_gain['mean'].hi:+.3f} "
+                    f"(upper 95% CI; safe ≤ {config.max_ssim_gain:+.2f})",
+                )
+            )
+        if self.ssim["p95"].value >= p95_bar:
+            failed.append(("p95", f"95th-percentile SSIM {self.ssim['p95'].value:.3f} (safe < {p95_bar:.3f})"))
+        if self.reid.value > chance + config.reid_slack:
+            failed.append(
+                (
+                    "re-identification",
+                    f"picks its target among {config.candidates_k} same-class images {self.reid.value:.0%} of the time "
+                    f"(chance {chance:.0%}; safe ≤ {chance + config.reid_slack:.0%})",
+                )
+            )
+        return failed
+
     def failures(self, config: AssessConfig) -> list[str]:
         """Why this attack counts as reconstructing (empty: it does not)."""
-        chance = 1.0 / config.candidates_k
-        # Where the class-mean prior alone exceeds the absolute bar (grey digits, clothing silhouettes), matching
-        # what the label already tells is not a reconstruction: the bar is then the prior's own p95 plus the
-        # same slack the gain criterion allows.
-        p95_bar = max(config.max_p95_ssim, self.prior_p95 + config.max_ssim_gain)
-        reasons = []
-        if self.ssim_gain["mean"].hi > config.max_ssim_gain:
-            reasons.append(f"SSIM gain over prior up to {self.ssim_gain['mean'].hi:.3f} > {config.max_ssim_gain}")
-        if self.ssim["p95"].value >= p95_bar:
-            reasons.append(f"95th-percentile SSIM {self.ssim['p95'].value:.3f} ≥ {p95_bar:.3f}")
-        if self.reid.value > chance + config.reid_slack:
-            reasons.append(f"re-identification {self.reid.value:.2f} > {chance + config.reid_slack:.2f}")
-        return reasons
+        return [why for _, why in self.failed_checks(config)]
 
     def to_json(self, config: AssessConfig) -> dict[str, Any]:
         return {
@@ -45,8 +64,10 @@ class AttackOutcome:
             "psnr": {k: v.to_json() for k, v in self.psnr.items()},
             "ssim_gain_over_prior": {k: v.to_json() for k, v in self.ssim_gain.items()},
             "reidentification_top1": self.reid.to_json(),
+            "p95_bar": self.p95_bar(config),
             "reconstructs": bool(self.failures(config)),
             "failures": self.failures(config),
+            "failed_criteria": [criterion for criterion, _ in self.failed_checks(config)],
         }
 
 

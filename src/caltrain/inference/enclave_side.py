@@ -36,6 +36,7 @@ from caltrain.inference.errors import BadRequest, DuplicateModel, UnknownModel
 from caltrain.inference.requests import check_request, request_size, seal_answer
 from caltrain.inference.sessions import SessionTable
 from caltrain.inference.split import InferenceSplit, load_exact, split_model
+from caltrain.models import resolve_model
 from caltrain.training.core import state_digest
 from caltrain.training.enclave_side import finished_job, policies
 
@@ -89,7 +90,8 @@ def _weights(ctx: EnclaveContext, req: DeployModel, split: InferenceSplit, membe
         if req.front_digest != state_digest(job.part.front):
             raise InferenceError(f"the deployment is signed for FrontNet {req.front_digest[:16]}…, not job "
                                  f"{req.job_id}'s")
-        if (job.config.model, job.config.frontnet_layers) != (req.architecture, req.m):
+        trained = (resolve_model(job.config.model).hash, job.config.frontnet_layers)
+        if trained != (split.spec.hash, req.m):
             raise InferenceError(f"job {req.job_id} trained {job.config.model} cut at m={job.config.frontnet_layers}")
         if req.ternary or req.sealed_weights:
             raise InferenceError(
@@ -98,7 +100,7 @@ def _weights(ctx: EnclaveContext, req: DeployModel, split: InferenceSplit, membe
             )
         load_exact([split.front], job.part.front.state_dict(), f"job {req.job_id}")
         return
-    raw = ctx.hpke.open(req.sealed_weights, weights_info(req.model_id, req.architecture, req.m, req.ternary))
+    raw = ctx.hpke.open(req.sealed_weights, weights_info(req.model_id, split.spec.hash, req.m, req.ternary))
     try:
         state = torch.load(io.BytesIO(raw), weights_only=True)
     except Exception as exc:  # torch.load of bytes the owner sent: any parse failure is the request's fault
@@ -134,7 +136,8 @@ def deploy(ctx: EnclaveContext, req: DeployModel, member: Member) -> ModelDeploy
     )
     return ModelDeployed(
         model_id=req.model_id,
-        architecture=req.architecture,
+        architecture=split.spec.name,
+        architecture_hash=split.spec.hash,
         m=req.m,
         ternary=req.ternary,
         owner=member.name,

@@ -11,7 +11,7 @@ import torch
 
 from caltrain.crypto.hpke import seal_to
 from caltrain.enclave.protocol import EnclaveKeys, weights_info
-from caltrain.inference.split import split_model
+from caltrain.inference.split import ModelRef, split_model
 
 
 @dataclass(frozen=True)
@@ -23,7 +23,7 @@ class OwnerDeployment:
 def prepare_deployment(
     keys: EnclaveKeys,
     model_id: str,
-    architecture: str,
+    architecture: ModelRef,
     m: int,
     ternary: bool,
     state: dict[str, torch.Tensor],
@@ -32,5 +32,5 @@ def prepare_deployment(
     mine = {k for p in split.enclave_parts for k in p.state_dict()}
     buf = io.BytesIO()
     torch.save({k: v for k, v in state.items() if k in mine}, buf)
-    sealed = seal_to(keys.hpke, buf.getvalue(), weights_info(model_id, architecture, m, ternary))
+    sealed = seal_to(keys.hpke, buf.getvalue(), weights_info(model_id, split.spec.hash, m, ternary))
     return OwnerDeployment(sealed, {k: v for k, v in state.items() if k not in mine})

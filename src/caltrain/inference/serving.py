@@ -40,7 +40,6 @@ from caltrain.errors import CaltrainError, InferenceError
 from caltrain.inference.errors import BadRequest, DuplicateModel, UnknownModel
 from caltrain.inference.requests import SESSION_SIZE, check_request, request_size
 from caltrain.inference.split import InferenceSplit, load_exact, split_model
-from caltrain.models import ZOO
 
 log = logging.getLogger("caltrain.inference")
 
@@ -263,10 +262,10 @@ class InferenceService:
                     for s in part:
                         s.unlink()
                 raise
-            spec = ZOO[architecture]
+            spec = split.spec
             info = ModelInfo(
                 model_id=model_id,
-                architecture=architecture,
+                architecture=spec.name,
                 m=m,
                 ternary=ternary,
                 owner=deployed.owner,
@@ -277,7 +276,7 @@ class InferenceService:
                 request_size=request_size(spec.input_shape),
             )
             self.models[model_id] = ModelServer(self.enclave, info, split, slots, self.config)
-        log.info("deployed %s: %s cut m=%d ternary=%s by %s", model_id, architecture, m, ternary, info.owner)
+        log.info("deployed %s: %s cut m=%d ternary=%s by %s", model_id, spec.name, m, ternary, info.owner)
         return signed, info
 
     def open_session(self, session_id: str, ciphertext: bytes) -> SessionOpened:

@@ -1,20 +1,23 @@
-"""Which blocks of a zoo model run where when serving: the enclave's FrontNet (first m blocks), the host's
-part, and in ternary mode the last block (the classifier) back in the enclave."""
+"""Which blocks of a model (a zoo name or a spec) run where when serving: the enclave's FrontNet (first m
+blocks), the host's part, and in ternary mode the last block (the classifier) back in the enclave."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
 from caltrain.errors import InferenceError
-from caltrain.models import ZOO, build_model, candidate_cuts, partition
+from caltrain.models import ModelSpec, partition, resolve_model
+
+ModelRef = str | dict[str, Any]
 
 
 @dataclass(frozen=True)
 class InferenceSplit:
-    architecture: str
+    spec: ModelSpec
     m: int
     ternary: bool
     front: nn.Module
@@ -23,7 +26,7 @@ class InferenceSplit:
 
     @property
     def input_shape(self) -> tuple[int, ...]:
-        return ZOO[self.architecture].input_shape
+        return tuple(self.spec.input_shape)
 
     @property
     def enclave_parts(self) -> list[nn.Module]:
@@ -38,17 +41,18 @@ class InferenceSplit:
         return tuple(ir.shape[1:]), tuple(out.shape[1:])
 
 
-def split_model(architecture: str, m: int, ternary: bool, *, seed: int | None = None) -> InferenceSplit:
+def split_model(architecture: ModelRef, m: int, ternary: bool, *, seed: int | None = None) -> InferenceSplit:
     """Build `architecture` and split it; the host must run at least one block unless ternary leaves it none."""
-    model = build_model(architecture, seed=seed).eval()
-    blocks = len(candidate_cuts(model))
+    spec = resolve_model(architecture)
+    model = spec.build(seed).eval()
+    blocks = len(spec.blocks)
     if not 1 <= m < blocks:
         raise InferenceError(f"cut m={m}: serving needs 1 ≤ m < {blocks} (the host runs blocks m+1..{blocks})")
     part = partition(model, m)
     assert isinstance(part.back, nn.Sequential)
     if ternary:
-        return InferenceSplit(architecture, m, True, part.front, part.back[:-1], part.back[-1:])
-    return InferenceSplit(architecture, m, False, part.front, part.back, nn.Sequential())
+        return InferenceSplit(spec, m, True, part.front, part.back[:-1], part.back[-1:])
+    return InferenceSplit(spec, m, False, part.front, part.back, nn.Sequential())
 
 
 def load_exact(parts: list[nn.Module], state: object, what: str) -> None:

@@ -8,6 +8,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from caltrain.models.layers import attach_generator
+
 
 def fit(
     model: nn.Module,
@@ -20,8 +22,9 @@ def fit(
     lr: float = 1e-3,
     progress: bool = True,
 ) -> nn.Module:
-    """Adam on cross-entropy; the data order is a pure function of `seed`."""
+    """Adam on cross-entropy; the data order and dropout masks are pure functions of `seed`."""
     gen = torch.Generator().manual_seed(seed)
+    attach_generator(model, torch.Generator().manual_seed(seed + 1))
     x, y = torch.from_numpy(images), torch.from_numpy(labels)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     model.train()

@@ -1,116 +1,131 @@
-"""Small CNNs for the data we have, built of named top-level blocks so every block edge is a cut.
+"""The built-in zoo: specs like any model owner's (models/spec.py), named so a config can say "digits-cnn".
 
-Most are `nn.Sequential`; `digits-resnet` has residual blocks (cuts only between blocks, found by torch.fx).
-The last block is the classifier layer; the input to it is the penultimate-layer embedding that
-accountability fingerprints use.
+Written here as Python literals rather than JSON files because the enclave's measurement covers its Python
+source: a zoo name means exactly the spec measured with the enclave. `caltrain model show NAME` prints any of
+them as JSON, a starting point for one's own.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
-from collections.abc import Callable
-from dataclasses import dataclass
+from typing import Any
 
-import torch
 from torch import nn
 
-from caltrain.errors import ModelError
+from caltrain.models.spec import ModelSpec, UnknownModel, parse_spec
+
+Doc = dict[str, Any]
 
 
-def _conv(cin: int, cout: int, pool: bool) -> nn.Sequential:
-    layers: list[nn.Module] = [nn.Conv2d(cin, cout, 3, padding=1), nn.ReLU()]
+def _conv(out: int, *, pool: bool = False, norm: bool = False) -> list[Doc]:
+    layers: list[Doc] = [{"type": "conv2d", "out_channels": out, "kernel_size": 3, "padding": 1, "bias": not norm}]
+    if norm:
+        layers.append({"type": "batchnorm2d"})
+    layers.append({"type": "relu"})
     if pool:
-        layers.append(nn.MaxPool2d(2))
-    return nn.Sequential(*layers)
+        layers.append({"type": "maxpool2d", "kernel_size": 2})
+    return layers
 
 
-def _head(features: int, hidden: int, classes: int) -> list[tuple[str, nn.Module]]:
+def _head(hidden: int, classes: int) -> list[Doc]:
     return [
-        ("flatten", nn.Flatten()),
-        ("fc1", nn.Sequential(nn.Linear(features, hidden), nn.ReLU())),
-        ("logits", nn.Linear(hidden, classes)),
+        {"name": "flatten", "layers": [{"type": "flatten"}]},
+        {"name": "fc1", "layers": [{"type": "linear", "out_features": hidden}, {"type": "relu"}]},
+        {"name": "logits", "layers": [{"type": "linear", "out_features": classes}]},
     ]
 
 
-def _digits_cnn() -> nn.Sequential:
-    blocks = [("conv1", _conv(1, 16, pool=False)), ("conv2", _conv(16, 32, pool=True))]
-    return nn.Sequential(OrderedDict(blocks + _head(32 * 4 * 4, 64, 10)))
+def _cnn(name: str, shape: list[int], widths: list[int], pools: list[bool], hidden: int) -> Doc:
+    blocks = [
+        {"name": f"conv{i}", "layers": _conv(w, pool=p)} for i, (w, p) in enumerate(zip(widths, pools, strict=True), 1)
+    ]
+    return {"name": name, "input_shape": shape, "num_classes": 10, "blocks": blocks + _head(hidden, 10)}
 
 
-def _fmnist_cnn() -> nn.Sequential:
-    blocks = [("conv1", _conv(1, 32, True)), ("conv2", _conv(32, 64, True)), ("conv3", _conv(64, 128, True))]
-    return nn.Sequential(OrderedDict(blocks + _head(128 * 3 * 3, 128, 10)))
-
-
-def _cifar_cnn() -> nn.Sequential:
-    blocks = [("conv1", _conv(3, 32, True)), ("conv2", _conv(32, 64, True)), ("conv3", _conv(64, 128, True))]
-    return nn.Sequential(OrderedDict(blocks + _head(128 * 4 * 4, 128, 10)))
-
-
-class ResidualBlock(nn.Module):
+def _residual(name: str, channels: int) -> Doc:
     """relu(x + conv(relu(conv(x)))): the skip connection makes the block's inside uncuttable."""
-
-    def __init__(self, channels: int) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
-        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.relu(x + self.conv2(torch.relu(self.conv1(x))))
+    conv = {"type": "conv2d", "out_channels": channels, "kernel_size": 3, "padding": 1}
+    return {"name": name, "type": "residual", "body": [conv, {"type": "relu"}, conv], "after": [{"type": "relu"}]}
 
 
-class DigitsResNet(nn.Module):
-    """A tiny residual network for 8×8 digits; not `nn.Sequential`, so partitioning goes through torch.fx."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.stem = _conv(1, 16, pool=False)
-        self.block1 = ResidualBlock(16)
-        self.down = _conv(16, 32, pool=True)
-        self.block2 = ResidualBlock(32)
-        self.logits = nn.Linear(32 * 4 * 4, 10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.block2(self.down(self.block1(self.stem(x))))
-        return self.logits(torch.flatten(x, 1))
+def _basic_block(name: str, channels: int, stride: int) -> Doc:
+    """ResNet's basic block (He et al. 2016): two 3×3 conv+BN, a 1×1 conv+BN shortcut where the shape changes."""
+    conv = {"type": "conv2d", "out_channels": channels, "kernel_size": 3, "padding": 1, "bias": False}
+    body = [{**conv, "stride": stride}, {"type": "batchnorm2d"}, {"type": "relu"}, conv, {"type": "batchnorm2d"}]
+    block: Doc = {"name": name, "type": "residual", "body": body, "after": [{"type": "relu"}]}
+    if stride != 1:
+        block["shortcut"] = [
+            {"type": "conv2d", "out_channels": channels, "kernel_size": 1, "stride": stride, "bias": False},
+            {"type": "batchnorm2d"},
+        ]
+    return block
 
 
-@dataclass(frozen=True)
-class ModelSpec:
-    name: str
-    input_shape: tuple[int, int, int]
-    num_classes: int
-    datasets: tuple[str, ...]
-    builder: Callable[[], nn.Module]
+DOCUMENTS: tuple[Doc, ...] = (
+    _cnn("digits-cnn", [1, 8, 8], [16, 32], [False, True], 64),
+    {
+        "name": "digits-resnet",
+        "input_shape": [1, 8, 8],
+        "num_classes": 10,
+        "blocks": [
+            {"name": "stem", "layers": _conv(16)},
+            _residual("block1", 16),
+            {"name": "down", "layers": _conv(32, pool=True)},
+            _residual("block2", 32),
+            {"name": "flatten", "layers": [{"type": "flatten"}]},
+            {"name": "logits", "layers": [{"type": "linear", "out_features": 10}]},
+        ],
+    },
+    _cnn("fmnist-cnn", [1, 28, 28], [32, 64, 128], [True, True, True], 128),
+    _cnn("cifar-cnn", [3, 32, 32], [32, 64, 128], [True, True, True], 128),
+    {
+        "name": "cifar-resnet",
+        "input_shape": [3, 32, 32],
+        "num_classes": 10,
+        "blocks": [
+            {"name": "stem", "layers": _conv(16, norm=True)},
+            _basic_block("block1", 16, 1),
+            _basic_block("block2", 32, 2),
+            _basic_block("block3", 64, 2),
+            {"name": "pool", "layers": [{"type": "adaptiveavgpool2d", "output_size": 1}, {"type": "flatten"}]},
+            {"name": "logits", "layers": [{"type": "linear", "out_features": 10}]},
+        ],
+    },
+)
 
+ZOO: dict[str, ModelSpec] = {doc["name"]: parse_spec(doc) for doc in DOCUMENTS}
 
-ZOO: dict[str, ModelSpec] = {
-    spec.name: spec
-    for spec in (
-        ModelSpec("digits-cnn", (1, 8, 8), 10, ("digits",), _digits_cnn),
-        ModelSpec("digits-resnet", (1, 8, 8), 10, ("digits",), DigitsResNet),
-        ModelSpec("fmnist-cnn", (1, 28, 28), 10, ("fashion-mnist", "mnist"), _fmnist_cnn),
-        ModelSpec("cifar-cnn", (3, 32, 32), 10, ("cifar10",), _cifar_cnn),
-    )
+# The zoo model each dataset trains by default (`caltrain assess`, the demo).
+DEFAULT_FOR_DATASET = {
+    "digits": "digits-cnn",
+    "fashion-mnist": "fmnist-cnn",
+    "mnist": "fmnist-cnn",
+    "cifar10": "cifar-cnn",
+    "colour-digits": "cifar-resnet",
 }
 
 
-def build_model(name: str, *, seed: int | None = None) -> nn.Module:
-    """Build a zoo model; with `seed`, its initial weights are a pure function of the seed."""
-    try:
-        spec = ZOO[name]
-    except KeyError:
-        raise ModelError(f"unknown model {name!r}; the zoo has {sorted(ZOO)}") from None
-    if seed is None:
-        return spec.builder()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return spec.builder()
+def resolve_model(ref: str | dict[str, Any] | ModelSpec) -> ModelSpec:
+    """The spec a config means: a zoo name, or an inline spec document (parsed and validated here)."""
+    if isinstance(ref, ModelSpec):
+        return ref
+    if isinstance(ref, str):
+        try:
+            return ZOO[ref]
+        except KeyError:
+            raise UnknownModel(f"unknown model {ref!r}; the zoo has {sorted(ZOO)} (or give a spec)") from None
+    return parse_spec(ref)
+
+
+def build_model(ref: str | dict[str, Any] | ModelSpec, *, seed: int | None = None) -> nn.Sequential:
+    """`resolve_model(ref).build(seed)`: the model at its seeded initial weights (or torch's, without a seed)."""
+    return resolve_model(ref).build(seed)
 
 
 def spec_for_dataset(dataset: str) -> ModelSpec:
-    """The first zoo model trained on `dataset` (the plain CNN where there are several)."""
-    for spec in ZOO.values():
-        if dataset in spec.datasets:
-            return spec
-    raise ModelError(f"no zoo model for dataset {dataset!r}")
+    """The zoo model trained on `dataset` by default."""
+    try:
+        return ZOO[DEFAULT_FOR_DATASET[dataset]]
+    except KeyError:
+        raise UnknownModel(
+            f"no zoo model for dataset {dataset!r}; the zoo covers {sorted(DEFAULT_FOR_DATASET)}"
+        ) from None

@@ -20,6 +20,7 @@ from caltrain.enclave.wire import DeployModel, ModelDeployed, to_json
 from caltrain.inference.errors import BadRequest, UnknownSession
 from caltrain.inference.owner import prepare_deployment
 from caltrain.inference.requests import ClientSession
+from caltrain.inference.split import ModelRef
 from caltrain.service.client import AttestedEnclave, CaltrainClient
 from caltrain.service.participant import MemberHome
 
@@ -80,13 +81,13 @@ class InferenceClient:
         result = self.http.verified_result(job, self.enclave)
         config = job["config"]
         return self._deploy(DeployModel(
-            model_id=model_id, job_id=job_id, front_digest=result["front_digest"], architecture=str(config["model"]),
+            model_id=model_id, job_id=job_id, front_digest=result["front_digest"], architecture=config["model"],
             m=int(config["frontnet_layers"]), ternary=False, sealed_weights=b"", slot_paths=[], max_batch=0,
             auth=UNSIGNED,
         ))
 
     def deploy_external(
-        self, model_id: str, architecture: str, m: int, state: dict[str, torch.Tensor], *, ternary: bool = False
+        self, model_id: str, architecture: ModelRef, m: int, state: dict[str, torch.Tensor], *, ternary: bool = False
     ) -> ModelDeployed:
         """Register an owner's model: the enclave's blocks sealed to the attested enclave, the rest in the clear."""
         prepared = prepare_deployment(self.enclave.keys, model_id, architecture, m, ternary, state)

@@ -23,7 +23,6 @@ from caltrain.enclave.consortium import Member, Role
 from caltrain.enclave.wire import ForensicReply, SignedReply, from_json
 from caltrain.errors import CaltrainError
 from caltrain.models import ZOO
-from caltrain.training.core import architecture_hash
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
@@ -36,7 +35,7 @@ def default_policy(dataset: ArrayDataset) -> DataUsePolicy:
     """The cautious starting point `caltrain pack` writes for review: the built-in architectures that fit the
     data, whole model inside the enclave, no evaluation use, auditors may trace, nobody receives the FrontNet."""
     fitting = [s for s in ZOO.values() if s.input_shape == tuple(dataset.sample_shape)]
-    return DataUsePolicy(models=[ApprovedModel(name=s.name, architecture=architecture_hash(s.name)) for s in fitting])
+    return DataUsePolicy(models=[ApprovedModel(name=s.name, architecture=s.hash) for s in fitting])
 
 
 @dataclass(frozen=True)

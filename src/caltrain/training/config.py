@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal, Self
 
-from pydantic import Field
+from pydantic import Field, field_validator, model_validator
 
 from caltrain.errors import CaltrainError, TrainingError
 from caltrain.jsonfile import JsonFileModel
+from caltrain.models import resolve_model
 
 
 class TrainConfig(JsonFileModel):
@@ -16,7 +17,7 @@ class TrainConfig(JsonFileModel):
     what: ClassVar[str] = "training config"
     error: ClassVar[type[CaltrainError]] = TrainingError
 
-    model: str = "digits-cnn"
+    model: str | dict[str, Any] = Field(default="digits-cnn", description="a zoo name or an inline model spec")
     frontnet_layers: int = Field(default=2, ge=1)
     epochs: int = Field(default=5, ge=1)
     batch_size: int = Field(default=64, ge=1, le=4096)
@@ -31,3 +32,14 @@ class TrainConfig(JsonFileModel):
     datasets: list[str] = Field(default_factory=list, description="training dataset ids; empty = all but eval")
     eval_datasets: list[str] = Field(default_factory=list, description="held-out dataset ids for accuracy")
     checkpoint_every: int = Field(default=0, ge=0, description="also checkpoint every N steps (0 = epochs only)")
+
+    @field_validator("model")
+    @classmethod
+    def _known_model(cls, model: str | dict[str, Any]) -> str | dict[str, Any]:
+        resolve_model(model)  # an unknown name or a bad spec raises its own ModelError, before any job exists
+        return model
+
+    @model_validator(mode="after")
+    def _cut_in_range(self) -> Self:
+        resolve_model(self.model).cut_shape(self.frontnet_layers)  # PartitionError when out of range
+        return self

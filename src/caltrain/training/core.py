@@ -1,26 +1,36 @@
 """The steps both trainers share. Everything random is a pure function of (seed, position), so a run can
 stop anywhere and resume bit for bit, and the plain and partitioned runs draw the same numbers.
+
+Dropout draws from two streams, one per half (FrontNet, BackNet), each seeded per step from its own stream seed;
+plain training draws from the same two streams, so it reproduces the partitioned run's masks exactly, and the
+host needs only the BackNet's stream seed, which tells nothing about the FrontNet's.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from caltrain.crypto.hashing import tagged_hash
 from caltrain.errors import TrainingError
-from caltrain.models import Partition, build_model, partition
+from caltrain.models import Partition, attach_generator, partition, resolve_model
 from caltrain.training.config import TrainConfig
 
+Half = Literal["front", "back"]
 
-def _generator(*parts: object) -> torch.Generator:
-    """A generator seeded from a stable digest of `parts` (Python's hash() is not stable across versions)."""
+
+def _seed(*parts: object) -> int:
+    """A 63-bit seed from a stable digest of `parts` (Python's hash() is not stable across versions)."""
     digest = hashlib.sha256("/".join(map(str, parts)).encode()).digest()
-    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "big") >> 1)
+    return int.from_bytes(digest[:8], "big") >> 1
+
+
+def _generator(*parts: object, device: torch.device | str = "cpu") -> torch.Generator:
+    return torch.Generator(device=device).manual_seed(_seed(*parts))
 
 
 def steps_per_epoch(n: int, batch_size: int) -> int:
@@ -49,29 +59,52 @@ def augment(x: torch.Tensor, seed: int, step: int) -> torch.Tensor:
     return out.permute(0, 3, 1, 2).contiguous()
 
 
-def training_batch(x: torch.Tensor, y: torch.Tensor, config: TrainConfig, step: int) -> tuple[torch.Tensor, ...]:
-    """Inputs and labels of global step `step`: epoch order, slice, augmentation."""
+def seed_of(config: TrainConfig) -> int:
+    """The job's seed; only the enclave (after admission) and plain reruns by a recipient have one."""
     if config.seed is None:
         raise TrainingError("training needs a seed (the enclave draws one when it admits a job)")
+    return config.seed
+
+
+def training_batch(x: torch.Tensor, y: torch.Tensor, config: TrainConfig, step: int) -> tuple[torch.Tensor, ...]:
+    """Inputs and labels of global step `step`: epoch order, slice, augmentation."""
+    seed = seed_of(config)
     spe = steps_per_epoch(len(y), config.batch_size)
     epoch, k = divmod(step, spe)
-    idx = batch_index(epoch_order(len(y), config.seed, epoch), k, config.batch_size)
+    idx = batch_index(epoch_order(len(y), seed, epoch), k, config.batch_size)
     xb = x[idx]
     if config.augment:
-        xb = augment(xb, config.seed, step)
+        xb = augment(xb, seed, step)
     return xb, y[idx]
 
 
 def build_split(config: TrainConfig) -> tuple[nn.Module, Partition]:
     """The model at its seeded initial weights (unseeded without a seed: the host's structure only), and its
     partition at `frontnet_layers`."""
-    model = build_model(config.model, seed=config.seed)
+    model = resolve_model(config.model).build(config.seed)
     return model, partition(model, config.frontnet_layers)
 
 
-def architecture_hash(model: str) -> str:
-    """The canonical hash a data-use policy approves an architecture by."""
-    return tagged_hash("caltrain/architecture/v0", repr(build_model(model)).encode()).hex()
+def ir_shape(config: TrainConfig) -> tuple[int, ...]:
+    """Per-input shape of the IR at the configured cut, from the spec's shape inference: both sides agree on it
+    without running a forward pass (which, in training mode, would move BatchNorm statistics)."""
+    return resolve_model(config.model).cut_shape(config.frontnet_layers)
+
+
+def check_data(config: TrainConfig, x: torch.Tensor, y: torch.Tensor) -> None:
+    """Refuse data the configured model cannot take (`ShapeMismatch`: input shape, labels beyond its classes)."""
+    resolve_model(config.model).check_data(tuple(x.shape[1:]), int(y.max()) + 1 if len(y) else 0)
+
+
+def dropout_seed(config: TrainConfig, half: Half) -> int:
+    """The seed of one half's dropout stream, derived one-way from the job seed (the host may learn the back's)."""
+    return _seed("dropout", seed_of(config), half)
+
+
+def seed_dropout(module: nn.Module, stream_seed: int, step: int, device: torch.device | str = "cpu") -> None:
+    """Point `module`'s dropout layers at the masks of training step `step` of one stream: a pure function of
+    (stream seed, step), so a resumed run draws the same masks with no generator state to checkpoint."""
+    attach_generator(module, _generator("dropout-step", stream_seed, step, device=device))
 
 
 def make_optimizer(params: list[nn.Parameter], config: TrainConfig) -> torch.optim.Optimizer:

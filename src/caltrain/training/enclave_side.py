@@ -45,14 +45,17 @@ from caltrain.enclave.wire import (
     TrainSteps,
 )
 from caltrain.errors import DataError, TrainingError
-from caltrain.models import ZOO, Partition, build_model, candidate_cuts
+from caltrain.models import ModelSpec, Partition, resolve_model
 from caltrain.training.config import TrainConfig
 from caltrain.training.core import (
-    architecture_hash,
     build_split,
+    check_data,
+    dropout_seed,
+    ir_shape,
     is_checkpoint_step,
     loss_fn,
     make_optimizer,
+    seed_dropout,
     state_digest,
     steps_per_epoch,
     training_batch,
@@ -151,39 +154,37 @@ def policies(ctx: EnclaveContext, dataset_ids: list[str]) -> dict[str, DataUsePo
     return {i: store.get(i).policy for i in dataset_ids}
 
 
-def _check_spec(config: TrainConfig, schema: DatasetSchema | None) -> int:
-    """The number of blocks of the spec's model, once the spec is shown to make sense; `JobRefused` otherwise."""
+def _check_spec(config: TrainConfig, schema: DatasetSchema | None) -> ModelSpec:
+    """The job's model spec, once the job spec is shown to make sense; `JobRefused` otherwise. (The model spec
+    itself, and the cut's range, were checked when the job spec parsed.)"""
     if config.seed is not None:
         raise JobRefused("a job spec names no seed: initial weights and data order come from enclave randomness")
     if set(config.datasets) & set(config.eval_datasets):
         overlap = sorted(set(config.datasets) & set(config.eval_datasets))
         raise JobRefused(f"datasets {overlap} cannot both train and evaluate")
-    blocks = len(candidate_cuts(build_model(config.model)))
-    if not 1 <= config.frontnet_layers <= blocks:
-        raise JobRefused(f"frontnet_layers {config.frontnet_layers} is out of range: {config.model} has {blocks}")
-    expected = ZOO[config.model].input_shape
-    if schema is not None and tuple(schema.shape) != tuple(expected):
-        raise JobRefused(f"{config.model} takes {list(expected)} inputs; the consortium's records are "
+    spec = resolve_model(config.model)
+    if schema is not None and tuple(schema.shape) != tuple(spec.input_shape):
+        raise JobRefused(f"model {spec.name} takes {list(spec.input_shape)} inputs; the consortium's records are "
                          f"{list(schema.shape)}")
-    return blocks
+    return spec
 
 
 @ecall(CreateJob)
 def create_job(ctx: EnclaveContext, req: CreateJob, member: Member) -> JobCreated:
     """Admit an owner's job spec if every dataset's policy allows it; the enclave picks its id and seed."""
     config = TrainConfig.from_dict(req.spec)
-    blocks = _check_spec(config, ctx.config.consortium.schema)
+    spec = _check_spec(config, ctx.config.consortium.schema)
     store = datasets(ctx)
     eval_ids = list(config.eval_datasets)
     train_ids = list(config.datasets) or [i for i in store.datasets if i not in eval_ids]
     if not train_ids:
         raise JobRefused("no training datasets have been ingested")
-    architecture = architecture_hash(config.model)
+    architecture, blocks = spec.hash, len(spec.blocks)
     uses: tuple[tuple[list[str], Literal["training", "evaluation"]], ...] = (
         (train_ids, "training"), (eval_ids, "evaluation")
     )
     for ids, use in uses:  # every named dataset exists, and its policy admits this use
-        check_job_use(policies(ctx, ids), use=use, model=config.model, architecture=architecture,
+        check_job_use(policies(ctx, ids), use=use, model=spec.name, architecture=architecture,
                       frontnet_blocks=config.frontnet_layers, total_blocks=blocks)
     admitted = config.model_copy(update={"datasets": train_ids, "seed": secrets.randbits(63)})
     entry = JobEntry(
@@ -271,7 +272,6 @@ def save_checkpoint(job: Job) -> None:
         "next_step": job.next_step,
         "model": job.model.state_dict(),
         "optimizer": job.optimizer.state_dict(),
-        "torch_rng": torch.get_rng_state(),
     }
     buf = io.BytesIO()
     torch.save(state, buf)
@@ -291,7 +291,6 @@ def load_checkpoint(job: Job) -> None:
     else:
         job.part.front.load_state_dict({k: v for k, v in state["model"].items() if k in job.part.front.state_dict()})
     job.optimizer.load_state_dict(state["optimizer"])
-    torch.set_rng_state(state["torch_rng"])
     job.next_step = int(state["next_step"])
 
 
@@ -314,10 +313,11 @@ def start(ctx: EnclaveContext, req: TrainStart) -> TrainReady:
         eval_x, eval_y = stack_datasets([store.get(i) for i in config.eval_datasets])
     else:
         eval_x, eval_y = x[:0], y[:0]
+    check_data(config, x, y)
+    check_data(config, eval_x, eval_y)
     model, part = build_split(config)
     model.train()
     full = part.full_enclave
-    ir_shape = list(model(x[:1]).shape[1:]) if full else list(part.front(x[:1]).shape[1:])
     slots: tuple[SharedTensor | None, ...] = (None, None, None)
     if not full:
         slots = (
@@ -354,9 +354,10 @@ def start(ctx: EnclaveContext, req: TrainStart) -> TrainReady:
         steps_per_epoch=job.spe,
         total_steps=job.total_steps,
         next_step=job.next_step,
-        ir_shape=ir_shape,
+        ir_shape=list(ir_shape(config)),
         full_enclave=full,
         backnet=backnet,
+        back_dropout_seed=dropout_seed(config, "back"),
     )
 
 
@@ -365,6 +366,7 @@ def _train_forward(job: Job, step: int) -> tuple[int, str]:
     if step != job.next_step or job.pending is not None or step >= job.total_steps:
         raise StepOutOfOrder(f"forward of step {step} requested; the next step is {job.next_step}")
     xb, yb = training_batch(job.x, job.y, job.config, step)
+    seed_dropout(job.part.front, dropout_seed(job.config, "front"), step)
     ir = job.part.front(xb)
     job.pending = ir
     layout = ir_slot.put(ir)
@@ -426,6 +428,7 @@ def train_steps(ctx: EnclaveContext, req: TrainSteps) -> StepsDone:
     checkpointed = False
     for _ in range(min(req.steps, job.total_steps - job.next_step)):
         xb, yb = training_batch(job.x, job.y, job.config, job.next_step)
+        seed_dropout(job.model, dropout_seed(job.config, "front"), job.next_step)  # the whole model is front
         loss = loss_fn(job.model(xb), yb)
         job.optimizer.zero_grad(set_to_none=True)
         loss.backward()

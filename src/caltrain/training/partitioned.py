@@ -29,9 +29,15 @@ from caltrain.enclave.wire import (
     TrainSteps,
 )
 from caltrain.errors import TrainingError
-from caltrain.models import ZOO
 from caltrain.training.config import TrainConfig
-from caltrain.training.core import build_split, loss_fn, make_optimizer, state_digest
+from caltrain.training.core import (
+    build_split,
+    ir_shape,
+    loss_fn,
+    make_optimizer,
+    seed_dropout,
+    state_digest,
+)
 from caltrain.training.plain import EpochStats, Progress, TrainingReport
 
 log = logging.getLogger("caltrain.training")
@@ -62,9 +68,8 @@ class PartitionedTrainer:
         self.back = part.back.to(self.device)
         # Full-enclave mode leaves the host nothing to train.
         self.optimizer = make_optimizer(list(self.back.parameters()), config) if not part.full_enclave else None
-        sample = torch.zeros(1, *ZOO[config.model].input_shape)
-        with torch.no_grad():
-            self.ir_shape = tuple(part.front(sample).shape[1:])
+        self.back_stream = 0  # the BackNet's dropout stream: the enclave derives it from the secret seed (TrainReady)
+        self.ir_shape = ir_shape(config)
         capacity = max(config.batch_size, EVAL_BATCH) * int(torch.Size(self.ir_shape).numel())
         self.ir = SharedTensor.create(capacity, "float32")
         self.grad = SharedTensor.create(capacity, "float32")
@@ -121,6 +126,7 @@ class PartitionedTrainer:
         )
         if ready.full_enclave:
             return ready
+        self.back_stream = ready.back_dropout_seed
         if tuple(ready.ir_shape) != self.ir_shape:
             raise TrainingError(f"enclave IR shape {ready.ir_shape} differs from the host's {self.ir_shape}")
         if ready.next_step:
@@ -140,6 +146,7 @@ class PartitionedTrainer:
         (n, layout), self._ready = self._ready, None
         ir = self.ir.view((n, *self.ir_shape), layout).to(self.device).requires_grad_()
         labels = self.labels.view((n,)).to(self.device)
+        seed_dropout(self.back, self.back_stream, step, self.device)
         logits = self.back(ir)
         loss = loss_fn(logits, labels)
         self._back_optimizer().zero_grad(set_to_none=True)

@@ -12,7 +12,17 @@ from torch import nn
 
 from caltrain.data.datasets import ArrayDataset
 from caltrain.training.config import TrainConfig
-from caltrain.training.core import build_split, loss_fn, make_optimizer, steps_per_epoch, training_batch
+from caltrain.training.core import (
+    build_split,
+    check_data,
+    dropout_seed,
+    loss_fn,
+    make_optimizer,
+    seed_dropout,
+    state_digest,
+    steps_per_epoch,
+    training_batch,
+)
 
 Progress = Callable[[dict[str, Any]], None]
 EpochEnd = Callable[[int, nn.Module], None]
@@ -69,19 +79,23 @@ def train_plain(
     """Train the whole model in this process exactly as the partitioned trainer does across the boundary.
 
     `on_epoch_end(epoch, model)` runs after each epoch (1-based), e.g. to keep the checkpoints TracIn replays.
+    Dropout in the FrontNet and in the BackNet draws from their own streams, as across the boundary.
     """
-    from caltrain.training.core import state_digest
-
     model, part = build_split(config)
+    streams = [(part.front, dropout_seed(config, "front")), (part.back, dropout_seed(config, "back"))]
     opt = make_optimizer(list(model.parameters()), config)
     x, y = torch.from_numpy(train.x), torch.from_numpy(train.y)
+    check_data(config, x, y)
     spe = steps_per_epoch(len(y), config.batch_size)
     report = TrainingReport(config)
     model.train()
     for epoch in range(config.epochs):
         started, total_loss, correct = time.perf_counter(), 0.0, 0
         for k in range(spe):
-            xb, yb = training_batch(x, y, config, epoch * spe + k)
+            step = epoch * spe + k
+            xb, yb = training_batch(x, y, config, step)
+            for half, stream in streams:
+                seed_dropout(half, stream, step)
             logits = model(xb)
             loss = loss_fn(logits, yb)
             opt.zero_grad(set_to_none=True)
