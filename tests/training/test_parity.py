@@ -65,6 +65,7 @@ MATRIX: list[tuple[str | dict[str, Any], int, str]] = [
     (BN_DROPOUT_CNN, 1, "digits"),
     (BN_DROPOUT_CNN, 2, "digits"),
     (BN_DROPOUT_CNN, 4, "digits"),
+    (BN_DROPOUT_CNN, 5, "digits"),  # full-enclave mode: the whole model, loss and optimizer inside
     ("digits-resnet", 2, "digits"),  # after the first residual block
     ("digits-resnet", 4, "digits"),  # after the second
     ("cifar-resnet", 2, "colour-digits"),  # 3×32×32, BatchNorm in both halves, after the first basic block
@@ -161,8 +162,9 @@ def test_partitioned_equals_plain_for_every_model(
     _assert_bitwise(partitioned, plain_model.state_dict())
     assert any(k.endswith("num_batches_tracked") for k in partitioned) == (model != "digits-resnet")
     assert report.front_digest == plain.front_digest
-    assert [e.loss for e in report.epochs] == [e.loss for e in plain.epochs]
-    assert [e.eval_accuracy for e in report.epochs] == [e.eval_accuracy for e in plain.epochs]
+    if m < len(resolve_model(model).blocks):  # in full-enclave mode neither loss nor accuracy reaches the host
+        assert [e.loss for e in report.epochs] == [e.loss for e in plain.epochs]
+        assert [e.eval_accuracy for e in report.epochs] == [e.eval_accuracy for e in plain.epochs]
 
 
 def test_jobs_in_one_enclave_share_no_random_state_and_plain_runs_repeat(
