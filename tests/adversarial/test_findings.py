@@ -221,6 +221,14 @@ def test_04_a_rewritten_report_is_caught_by_auditor_and_participant(
 def test_05_a_finished_job_never_trains_again_and_its_log_never_gets_a_second_root(world: World) -> None:
     with pytest.raises(StepOutOfOrder, match="trains once"):
         world.host.call(start_unknown(world.job_id), TrainReady)
+    started = create_job(world.host, world.people.owner, TrainConfig(epochs=1, datasets=["bob/b0"]))
+    trainer = PartitionedTrainer(world.host, TrainConfig.from_dict(started.spec), job_id=started.job_id,
+                                 workdir=world.state.parent / started.job_id)
+    trainer.run(stop_after=2)
+    with pytest.raises(StepOutOfOrder, match="never restarts"):  # replaying its batches from scratch
+        trainer.start(resume=False)
+    assert trainer.start(resume=True).next_step == 0  # resuming is allowed: from the newest sealed checkpoint
+    trainer.close()
     with pytest.raises(AccountabilityError, match="built once"):
         world.host.call(BuildLinkage(job_id=world.job_id), LinkageBuilt)
     a = create_job(world.host, world.people.owner, TrainConfig(epochs=1, datasets=["bob/b0"]))

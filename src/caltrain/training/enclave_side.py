@@ -345,6 +345,9 @@ def start(ctx: EnclaveContext, req: TrainStart) -> TrainReady:
     backnet = b"" if full else _state_bytes(part.back)  # initial weights, before any checkpoint is applied
     if req.resume:
         load_checkpoint(job)
+    elif job.checkpoints.load() is not None:
+        # Starting over would let the host replay the same batches against gradients of its choosing.
+        raise StepOutOfOrder(f"job {job.job_id} has started: it resumes from its sealed checkpoint, never restarts")
     else:
         save_checkpoint(job)
     ctx.extensions[JOB] = job
