@@ -63,7 +63,7 @@ from caltrain.training.config import TrainConfig
 R = TypeVar("R", bound=Message)
 
 # Headers of a dataset upload (the container itself is the body).
-MEMBER_HEADER, REQUEST_ID_HEADER, SIGNATURE_HEADER = "x-caltrain-member", "x-caltrain-request-id", "x-caltrain-auth"
+REQUEST_ID_HEADER, SIGNATURE_HEADER = "x-caltrain-request-id", "x-caltrain-auth"
 WRAPPED_KEY_HEADER, POLICY_HEADER = "x-caltrain-wrapped-key", "x-caltrain-data-policy"
 
 
@@ -213,7 +213,7 @@ class CaltrainClient:
             enclave,
         )
         headers = {
-            MEMBER_HEADER: msg.auth.member,
+            **sign_request(home.identity, home.name, "POST", "/v1/datasets", container),
             REQUEST_ID_HEADER: msg.auth.request_id,
             SIGNATURE_HEADER: msg.auth.signature,
             WRAPPED_KEY_HEADER: base64.b64encode(wrapped).decode(),

@@ -22,14 +22,11 @@ from caltrain.enclave.consent import ApprovedModel, DataUsePolicy
 from caltrain.enclave.consortium import Member, Role
 from caltrain.enclave.wire import ForensicReply, SignedReply, from_json
 from caltrain.errors import CaltrainError
+from caltrain.service.errors import HomeError
 from caltrain.models import ZOO
 from caltrain.training.core import architecture_hash
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-
-
-class HomeError(CaltrainError):
-    """A member home is missing, incomplete, or would be overwritten."""
 
 
 def default_policy(dataset: ArrayDataset) -> DataUsePolicy:
