@@ -143,6 +143,7 @@ HTTP_STATUS: dict[str, int] = {
     "EvidenceCollectionError": 500,
     "ReplyInvalid": 502,
     "EnclaveUnavailable": 503,
+    "ServerUnreachable": 503,
     "ChannelClosed": 503,
 }
 

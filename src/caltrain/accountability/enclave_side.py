@@ -71,6 +71,8 @@ def _log_path(ctx: EnclaveContext, log_id: str) -> Path:
 
 
 def _training_set(job: Job) -> TrainingSet:
+    if not isinstance(job.model, nn.Sequential):
+        raise AccountabilityError("fingerprints need a model whose last block is its classifier (an nn.Sequential)")
     contributors = _provenance(job)[1]
     names = sorted(set(contributors))
     contributor_ids = np.array([names.index(c) for c in contributors], dtype=np.int64)
@@ -112,8 +114,6 @@ def build_linkage(ctx: EnclaveContext, req: BuildLinkage) -> LinkageBuilt:
         raise AccountabilityError(
             f"job {req.job_id} already has its linkage log {entry.log_id[:16]}…; a log is built once"
         )
-    if not isinstance(job.model, nn.Sequential):
-        raise AccountabilityError("fingerprints need a model whose last block is its classifier (an nn.Sequential)")
     if not entry.log_id:  # sealed before anything is written: a crash mid-build rebuilds the same log, same id
         entry = dataclasses.replace(entry, log_id=os.urandom(32).hex())
         jobs(ctx).put(entry)

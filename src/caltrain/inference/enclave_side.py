@@ -24,9 +24,9 @@ from pathlib import Path
 import torch
 
 from caltrain.crypto import aead
-from caltrain.enclave.consent import check_grant
 from caltrain.crypto.errors import CryptoError
 from caltrain.crypto.hashing import tagged_hash
+from caltrain.enclave.consent import check_grant
 from caltrain.enclave.consortium import Member
 from caltrain.enclave.errors import SealedStateError
 from caltrain.enclave.protocol import request_aad, weights_info

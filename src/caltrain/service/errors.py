@@ -19,3 +19,7 @@ class HomeError(CaltrainError):
 
 class StoreError(ServiceError):
     """The server's state store cannot be opened or written (HTTP 500: the server's fault)."""
+
+
+class ServerUnreachable(ServiceError):
+    """The client cannot reach the server (down, restarting, wrong URL): retry, or check --server."""

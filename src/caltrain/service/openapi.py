@@ -52,8 +52,8 @@ def binary_body(description: str) -> dict[str, Any]:
 
 SEALED_BODY = json_body(
     {"title": "SealedIn", "type": "object", "required": ["sealed"], "additionalProperties": False,
-     "properties": {"sealed": {"type": "string", "description": "base64 of a SealedRequest ciphertext: the "
-                                                                 "member's signed request HPKE-sealed to the enclave"}}},
+     "properties": {"sealed": {"type": "string", "description": "base64 of a SealedRequest ciphertext: the member's "
+                               "signed request HPKE-sealed to the enclave"}}},
     "a member request sealed to the attested enclave (`caltrain.enclave.authority.seal_request`)",
 )
 
