@@ -8,6 +8,7 @@ and its seed. Any other file is refused with one line saying what it is not.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,9 @@ class ModelFile:
         if not path.is_file():
             raise ModelError(f"{path}: no such model file")
         try:
-            doc = torch.load(path, map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():  # a foreign file's pickle protocol warning is not the user's concern
+                warnings.simplefilter("ignore")
+                doc = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # torch.load of any file: whatever fails, the file is not one of ours
             raise ModelError(f"{path}: not a caltrain model file (unreadable as one: {type(exc).__name__})") from None
         if not isinstance(doc, dict) or doc.get("format") != FORMAT:
