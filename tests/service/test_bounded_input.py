@@ -6,9 +6,9 @@ work offline with every request body and the signed-request authentication descr
 from __future__ import annotations
 
 import base64
+import importlib
 import json
 import pkgutil
-import importlib
 import socket
 import threading
 import time
@@ -185,7 +185,7 @@ def test_docs_work_offline_and_describe_every_body_and_the_signatures(served: tu
         for method, op in ops.items():
             if method == "post" and not path.endswith("/cancel"):  # cancelling takes no body
                 assert "requestBody" in op, f"POST {path} documents no body"
-            if path.startswith("/v1/jobs") or path in ("/v1/models", "/v1/datasets") and method == "post":
+            if path.startswith("/v1/jobs") or (path in ("/v1/models", "/v1/datasets") and method == "post"):
                 assert op.get("security"), f"{method.upper()} {path} does not say it needs a signature"
             if path in anonymous:
                 assert not op.get("security")

@@ -62,26 +62,17 @@ def train(args: argparse.Namespace) -> int:
 
 
 def export(args: argparse.Namespace) -> int:
-    import io
-
-    import torch
-
     from caltrain.attestation import Policy
     from caltrain.cli.model_file import ModelFile
     from caltrain.models import build_model
     from caltrain.service.client import CaltrainClient
     from caltrain.service.participant import MemberHome
-    from caltrain.training.config import TrainConfig
 
     home = MemberHome.load(args.home)
     policy = Policy.load(args.policy)
     with CaltrainClient(args.server, home=home) as client:
-        exported = client.export_model(args.job, policy)
-        back = client.backnet(args.job)
-        config = TrainConfig.from_dict(client.job(args.job)["config"])
-    front = torch.load(io.BytesIO(exported.front_state), weights_only=True)
-    state = {**front, **back}  # the halves keep their block names, so together they are the model's state
-    build_model(config.model).load_state_dict(state, strict=True)
-    ModelFile(config.model, state, {"job_id": args.job, "seed": exported.seed}).save(args.out)
-    print(f"model {config.model} of job {args.job} (seed {exported.seed}) -> {args.out}")
+        config, state, seed = client.trained_model(args.job, policy)
+    build_model(config.model).load_state_dict(state, strict=True)  # the halves keep their block names
+    ModelFile(config.model, state, {"job_id": args.job, "seed": seed}).save(args.out)
+    print(f"model {config.model} of job {args.job} (seed {seed}) -> {args.out}")
     return 0

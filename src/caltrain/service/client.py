@@ -307,6 +307,14 @@ class CaltrainClient:
         assert isinstance(answer.reply, Exported)
         return answer.reply
 
+    def trained_model(self, job_id: str, attestation: Policy) -> tuple[TrainConfig, dict[str, torch.Tensor], int]:
+        """A finished job's whole model: its public spec, its weights (the FrontNet sealed to this member by the
+        enclave, the BackNet from the host) and its seed."""
+        exported = self.export_model(job_id, attestation)
+        front: dict[str, torch.Tensor] = torch.load(io.BytesIO(exported.front_state), weights_only=True)
+        config = TrainConfig.from_dict(self.job(job_id)["config"])
+        return config, {**front, **self.backnet(job_id)}, exported.seed
+
     def trace(
         self,
         job_id: str,

@@ -1,9 +1,11 @@
-"""`caltrain serve` as a child process on loopback: what the demo, the end-to-end tests and the load
-benchmark talk to, so they exercise the real server over real HTTP."""
+"""`caltrain serve` as a child process on loopback: what the demo, the end-to-end tests, the load benchmark and
+the chaos run talk to, so they exercise the real server over real HTTP (and can kill it, and its enclave, with
+SIGKILL, and start it again on the same state and port)."""
 
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -31,32 +33,58 @@ class LoopbackServer:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
+        self.state, self.consortium, self.extra_args, self.timeout_s = state, consortium, tuple(extra_args), timeout_s
+        self.proc = self._launch()
+
+    def _launch(self) -> subprocess.Popen[bytes]:
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
-        cmd = [
-            sys.executable,
-            "-m",
-            "caltrain",
-            "serve",
-            "--state",
-            str(state),
-            "--port",
-            str(self.port),
-            "--consortium",
-            str(consortium),
-            *extra_args,
-        ]
-        self.proc = subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env)
-        deadline = time.monotonic() + timeout_s
+        cmd = [sys.executable, "-m", "caltrain", "serve", "--state", str(self.state), "--port", str(self.port),
+               "--consortium", str(self.consortium), *self.extra_args]
+        proc = subprocess.Popen(cmd, stdout=self.log.open("ab"), stderr=subprocess.STDOUT, env=env)
+        deadline = time.monotonic() + self.timeout_s
         while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise ServiceError(f"server exited with code {self.proc.returncode}; see {log}")
+            if proc.poll() is not None:
+                raise ServiceError(f"server exited with code {proc.returncode}; see {self.log}")
             try:
                 if httpx.get(f"{self.url}/v1/health", timeout=1).status_code == 200:
-                    return
+                    return proc
             except httpx.HTTPError:
-                time.sleep(0.3)
-        self.stop()
-        raise ServiceError(f"server did not start within {timeout_s:.0f} s; see {log}")
+                pass
+            time.sleep(0.3)
+        proc.kill()
+        proc.wait()
+        raise ServiceError(f"server did not start within {self.timeout_s:.0f} s; see {self.log}")
+
+    def enclave_pid(self) -> int | None:
+        """The enclave process (the server's one child), if it runs."""
+        try:
+            children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split()
+        except OSError:
+            return None
+        return int(children[0]) if children else None
+
+    def kill(self) -> None:
+        """SIGKILL the server (its enclave exits with it): only what is on disk survives."""
+        enclave = self.enclave_pid()
+        self.proc.kill()
+        self.proc.wait()
+        if enclave is not None:  # gone with its host (PR_SET_PDEATHSIG); wait until it is
+            for _ in range(300):
+                if not Path(f"/proc/{enclave}").exists() or "Z" in _state(enclave):
+                    break
+                time.sleep(0.05)
+
+    def kill_enclave(self) -> int:
+        """SIGKILL the enclave process; the server's supervisor starts a new one. Returns the killed pid."""
+        pid = self.enclave_pid()
+        if pid is None:
+            raise ServiceError("the server runs no enclave process right now")
+        os.kill(pid, signal.SIGKILL)
+        return pid
+
+    def restart(self) -> None:
+        """Start the server again on the same state directory and port (after `kill` or `stop`)."""
+        self.proc = self._launch()
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -72,3 +100,10 @@ class LoopbackServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return "X"
