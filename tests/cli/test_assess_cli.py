@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from caltrain.cli.main import main
+from caltrain.cli.model_file import ModelFile
 from caltrain.models import build_model
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -43,9 +44,10 @@ def test_trains_the_zoo_model_and_writes_the_report(tmp_path: Path, capsys: pyte
     assert "recommended cut: after" in capsys.readouterr().out
 
 
-def test_accepts_a_state_dict_file(tmp_path: Path) -> None:
+def test_accepts_a_caltrain_model_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The file `caltrain export` writes (the README's export -> assess flow); a bare state_dict is refused."""
     weights = tmp_path / "model.pt"
-    torch.save(build_model("digits-cnn", seed=1).state_dict(), weights)
+    ModelFile("digits-cnn", build_model("digits-cnn", seed=1).state_dict()).save(weights)
     argv = [
         "assess",
         "--model",
@@ -68,6 +70,9 @@ def test_accepts_a_state_dict_file(tmp_path: Path) -> None:
     assert data["model"]["name"] == "digits-cnn (model.pt)" and data["config"]["tiers"] == ["no-data"]
     assert list(data["layers"][0]["attacks"]) == ["decoder-noise"]
     assert data["training_time_hijacking"]["applies"] is False
+    torch.save(build_model("digits-cnn").state_dict(), weights)
+    capsys.readouterr()
+    assert main(argv) == 2 and "bare state_dict" in capsys.readouterr().err
 
 
 def test_bad_model_is_one_readable_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -54,7 +54,7 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def cases(r: Path) -> list[tuple[str, list[str], str]]:
     """(what, argv, a word the one error line must contain)."""
-    alice, bob = str(r / "alice"), str(r / "bob")
+    alice = str(r / "alice")
     deploy = ["deploy", "--server", SERVER, "--policy", str(r / "policy.json"), "--home", alice, "--model-id", "m",
               "--m", "1", "--weights"]
     trace = ["trace", "--server", SERVER, "--home", alice, "--policy", str(r / "policy.json"), "--job", "j"]
