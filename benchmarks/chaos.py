@@ -35,10 +35,9 @@ from caltrain.errors import CaltrainError
 from caltrain.models import build_model
 from caltrain.service.client import CaltrainClient
 from caltrain.service.inference_client import InferenceClient
-from caltrain.service.loopback import LoopbackServer
+from caltrain.service.loopback import LoopbackServer, equals_plain_training, solo_consortium
 from caltrain.service.participant import MemberHome
 from caltrain.training.config import TrainConfig
-from caltrain.training.plain import train_plain
 
 CONFIG = {"model": "digits-cnn", "frontnet_layers": 2, "epochs": 4, "batch_size": 8, "checkpoint_every": 25,
           "lr": 0.05, "datasets": ["alice/a"]}
@@ -54,11 +53,7 @@ class Chaos:
         self._lock = threading.Lock()
         self._recovered_at = 0.0  # requests failing before this moment are expected
         self._stop = threading.Event()
-        consortium = root / "consortium.json"
-        cli(["participant", "init", "--home", str(root / "alice"), "--name", "alice"])
-        cli(["consortium", "add", "--file", str(consortium), "--home", str(root / "alice"), "--role", "participant",
-             "--role", "owner", "--role", "auditor"])
-        cli(["consortium", "schema", "--file", str(consortium), "--shape", "1,8,8", "--classes", "10"])
+        consortium = solo_consortium(root)
         self.home = MemberHome.load(root / "alice")
         data = load_records("digits")
         self.containers = {}
@@ -183,10 +178,7 @@ class Chaos:
         with self.client() as client:
             config, state, seed = client.trained_model(job_id, self.policy)
         data = load_records("digits")
-        model, _ = train_plain(config.model_copy(update={"seed": seed}),
-                               ArrayDataset(data.x[TRAIN], data.y[TRAIN], "digits", 10))
-        plain = model.state_dict()
-        return state.keys() == plain.keys() and all(torch.equal(v, plain[k]) for k, v in state.items())
+        return equals_plain_training(state, config, seed, ArrayDataset(data.x[TRAIN], data.y[TRAIN], "digits", 10))
 
 
 def main() -> None:

@@ -17,7 +17,6 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-import torch
 
 from caltrain.attestation import Policy
 from caltrain.cli.main import main
@@ -28,10 +27,9 @@ from caltrain.errors import CaltrainError
 from caltrain.service.auth import sign_request
 from caltrain.service.client import CaltrainClient
 from caltrain.service.inference_client import InferenceClient
-from caltrain.service.loopback import LoopbackServer
+from caltrain.service.loopback import LoopbackServer, equals_plain_training, solo_consortium
 from caltrain.service.participant import MemberHome
 from caltrain.training.config import TrainConfig
-from caltrain.training.plain import train_plain
 
 CONFIG = {"model": "digits-cnn", "frontnet_layers": 2, "epochs": 3, "batch_size": 8, "checkpoint_every": 25,
           "lr": 0.05}
@@ -108,11 +106,7 @@ class Site:
 @pytest.fixture
 def site(tmp_path: Path) -> Iterator[Site]:
     root = tmp_path
-    consortium = root / "consortium.json"
-    main(["participant", "init", "--home", str(root / "alice"), "--name", "alice"])
-    main(["consortium", "add", "--file", str(consortium), "--home", str(root / "alice"), "--role", "participant",
-          "--role", "owner", "--role", "auditor"])
-    main(["consortium", "schema", "--file", str(consortium), "--shape", "1,8,8", "--classes", "10"])
+    consortium = solo_consortium(root)
     server = LoopbackServer(root / "state", consortium, root / "server.log")
     assert main(["policy", "--server", server.url, "--out", str(root / "policy.json")]) == 0
     s = Site(root, server, MemberHome.load(root / "alice"), Policy.load(root / "policy.json"))
@@ -133,10 +127,7 @@ def identical_to_uninterrupted(site: Site, job_id: str, records: slice) -> bool:
     with site.client() as client:
         config, state, seed = client.trained_model(job_id, site.policy)
     data = load_records("digits")
-    model, _ = train_plain(config.model_copy(update={"seed": seed}),
-                           ArrayDataset(data.x[records], data.y[records], "digits", 10))
-    plain = model.state_dict()
-    return state.keys() == plain.keys() and all(torch.equal(v, plain[k]) for k, v in state.items())
+    return equals_plain_training(state, config, seed, ArrayDataset(data.x[records], data.y[records], "digits", 10))
 
 
 def trace_report(site: Site, job_id: str, x: np.ndarray) -> dict[str, Any]:

@@ -21,10 +21,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import caltrain
-from caltrain.cli.main import main
 from caltrain.errors import ERROR_MODULES, CaltrainError, Unauthenticated, error_class, http_status
 from caltrain.service.auth import RequestAuthenticator, sign_request
-from caltrain.service.loopback import LoopbackServer
+from caltrain.service.loopback import LoopbackServer, solo_consortium
 from caltrain.service.participant import MemberHome
 
 MiB = 1 << 20
@@ -35,11 +34,7 @@ POST_ROUTES = ["/v1/jobs", "/v1/jobs/j/trace", "/v1/jobs/j/suspicion", "/v1/jobs
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Any:
     root = tmp_path_factory.mktemp("bounded")
-    consortium = root / "consortium.json"
-    main(["participant", "init", "--home", str(root / "alice"), "--name", "alice"])
-    main(["consortium", "add", "--file", str(consortium), "--home", str(root / "alice"), "--role", "participant",
-          "--role", "owner", "--role", "auditor"])
-    main(["consortium", "schema", "--file", str(consortium), "--shape", "1,8,8", "--classes", "10"])
+    consortium = solo_consortium(root)
     server = LoopbackServer(root / "state", consortium, root / "server.log")
     yield server, MemberHome.load(root / "alice")
     server.stop()
@@ -50,12 +45,6 @@ def rss_mib(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     raise AssertionError("no VmRSS")
-
-
-def enclave_pid(server_pid: int) -> int:
-    children = Path(f"/proc/{server_pid}/task/{server_pid}/children").read_text().split()
-    assert len(children) == 1, children
-    return int(children[0])
 
 
 def flood(port: int, path: str, headers: dict[str, str], total: int, *, chunked: bool) -> int:
@@ -101,7 +90,9 @@ def test_400_mib_bodies_are_refused_before_they_are_buffered(
     served: tuple[LoopbackServer, MemberHome], path: str, chunked: bool, status: int
 ) -> None:
     server, _ = served
-    pids = {"server": server.proc.pid, "enclave": enclave_pid(server.proc.pid)}
+    enclave = server.enclave_pid()
+    assert enclave is not None
+    pids = {"server": server.proc.pid, "enclave": enclave}
     before = {k: rss_mib(p) for k, p in pids.items()}
     upload = {f"x-caltrain-{h}": "AA==" for h in ("request-id", "auth", "wrapped-key", "data-policy")}
     headers = {**bogus_signature(), **(upload if path == "/v1/datasets" else {})}

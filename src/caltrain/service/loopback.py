@@ -12,10 +12,15 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
 from caltrain.errors import ServiceError
+
+if TYPE_CHECKING:
+    from caltrain.data.datasets import ArrayDataset
+    from caltrain.training.config import TrainConfig
 
 
 def free_port() -> int:
@@ -56,12 +61,15 @@ class LoopbackServer:
         raise ServiceError(f"server did not start within {self.timeout_s:.0f} s; see {self.log}")
 
     def enclave_pid(self) -> int | None:
-        """The enclave process (the server's one child), if it runs."""
-        try:
-            children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split()
-        except OSError:
-            return None
-        return int(children[0]) if children else None
+        """The enclave process (the server's one live child, started by whichever of its threads), if it runs."""
+        children: list[int] = []
+        for task in Path(f"/proc/{self.proc.pid}/task").glob("*"):
+            try:
+                children += [int(c) for c in (task / "children").read_text().split()]
+            except OSError:
+                continue
+        live = [c for c in children if _state(c) not in ("Z", "X")]
+        return live[0] if live else None
 
     def kill(self) -> None:
         """SIGKILL the server (its enclave exits with it): only what is on disk survives."""
@@ -100,6 +108,28 @@ class LoopbackServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def solo_consortium(root: Path, name: str = "alice") -> Path:
+    """A consortium of one member (home `root/name`) holding every role, with the digits schema (1×8×8 records,
+    10 classes): what the restart and bounded-input tests and the chaos run serve. Returns the consortium file."""
+    from caltrain.enclave.consortium import Consortium, DatasetSchema, Role
+    from caltrain.service.participant import MemberHome
+
+    home = MemberHome.init(root / name, name)
+    path = root / "consortium.json"
+    Consortium((home.member(frozenset(Role)),), DatasetSchema((1, 8, 8), 10, (0.0, 1.0))).save(path)
+    return path
+
+
+def equals_plain_training(state: dict[str, Any], config: TrainConfig, seed: int, data: ArrayDataset) -> bool:
+    """Whether a job's final weights are plain training's of its seed on the same records in the same order:
+    what an uninterrupted run gives (partitioned training equals plain training bit for bit)."""
+    from caltrain.training.plain import train_plain
+
+    model, _ = train_plain(config.model_copy(update={"seed": seed}), data)
+    plain = model.state_dict()
+    return state.keys() == plain.keys() and all(bool((v == plain[k]).all()) for k, v in state.items())
 
 
 def _state(pid: int) -> str:
