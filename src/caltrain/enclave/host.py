@@ -80,7 +80,6 @@ class EnclaveHost:
         pair. With a launcher (e.g. `gramine-sgx caltrain-enclave`), whose argv is fixed in its measured
         manifest, the host listens on `listen_port` on loopback and the enclave connects.
         """
-        self._stopping = False
         self._set_status("starting")
         try:
             proc, channel, ready = self._launch()
@@ -92,6 +91,8 @@ class EnclaveHost:
             self._proc, self._channel, self.ready = proc, channel, ready
         self.last_error = None
         self._set_status("up")
+        if self._stopping:  # stopped while this one started (the supervisor's restart racing `stop`)
+            self.stop()
         return ready
 
     def _set_status(self, status: str) -> None:
@@ -114,7 +115,9 @@ class EnclaveHost:
             delay = backoff_s
             while not self._stopping:
                 proc = self._proc
-                if proc is not None and self.status == "up":
+                if proc is not None:
+                    if self.status != "up":  # the channel broke first: make sure that process is gone too
+                        proc.kill()
                     code = proc.wait()
                     if self._stopping:
                         return
@@ -140,7 +143,7 @@ class EnclaveHost:
         return thread
 
     def _mark_down(self, why: str) -> None:
-        """The enclave is gone: fail calls at once from now on, and free the channel."""
+        """The enclave is gone: fail calls at once from now on, and free the channel and the process."""
         if self.status == "up":
             self._set_status("restarting")
             self.last_error = why
@@ -148,6 +151,7 @@ class EnclaveHost:
             if self._channel is not None:
                 self._channel.close()
             self._channel = None
+            self._proc = None
 
     def _launch(self) -> tuple[subprocess.Popen[bytes], Channel, Ready]:
         self.state_dir.mkdir(parents=True, exist_ok=True)
@@ -259,10 +263,13 @@ class EnclaveHost:
         return EnclaveUnavailable(f"the enclave is {self.status}{why}; retry shortly")
 
     def _gone(self, exc: Exception) -> EnclaveUnavailable:
-        """The channel broke mid-call: the enclave process died (the supervisor restarts it)."""
+        """The channel broke mid-call: the enclave process died, or is of no use without its channel (it is killed);
+        the supervisor starts a new one."""
         if self.status == "up":
             self._set_status("restarting")
             self.last_error = f"enclave process is gone: {exc}"
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.kill()
         return EnclaveUnavailable(f"the enclave process died during the call ({exc}); retry shortly")
 
     def stop(self) -> None:

@@ -29,6 +29,7 @@ class Deployments:
         self._store = store
         self._dir = state_dir / "models"
         self.failed: dict[str, str] = {}  # model id -> why it could not be re-opened
+        self.restoring = False
 
     def _host_path(self, model_id: str) -> Path:
         return self._dir / f"{tagged_hash('caltrain/model-id', model_id.encode()).hex()[:32]}.pt"
@@ -47,7 +48,14 @@ class Deployments:
     def restore(self) -> None:
         """Offer every stored deployment to the (re)started enclave; one that fails is reported, not fatal."""
         docs = self._store.list("deployments")
+        self.restoring = True
         self.service.suspend([d["info"]["model_id"] for d in docs])
+        try:
+            self._reopen(docs)
+        finally:
+            self.restoring = False
+
+    def _reopen(self, docs: list[dict[str, Any]]) -> None:
         for doc in docs:
             info = ModelInfo(**doc["info"])
             try:
@@ -59,4 +67,4 @@ class Deployments:
                 log.error("deployment %s not re-opened: %s", info.model_id, self.failed[info.model_id])
 
     def health(self) -> dict[str, Any]:
-        return {"served": sorted(self.service.models), "not_served": self.failed}
+        return {"served": sorted(self.service.models), "not_served": self.failed, "restoring": self.restoring}

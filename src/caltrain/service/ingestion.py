@@ -55,16 +55,17 @@ def _b64(value: str, what: str) -> bytes:
 
 @router.get("/health")
 def health(request: Request) -> JSONResponse:
-    """What is up and what is down, truthfully: 200 only while the enclave serves; 503 with Retry-After while it
-    restarts (or after it failed to start), naming why."""
+    """What is up and what is down, truthfully: 200 only while the enclave serves and what it served before a
+    restart is served again; 503 with Retry-After while it restarts (or after it failed to start), naming why."""
     state = server(request)
     enclave = state.enclave
+    ok = enclave.status == "up" and not state.extensions["deployments"].restoring
     body: dict[str, Any] = {
-        "status": "ok" if enclave.status == "up" else "degraded",
+        "status": "ok" if ok else "degraded",
         "enclave": {"status": enclave.status, "restarts": enclave.restarts, "error": enclave.last_error},
         **{name: part.health() for name, part in state.extensions.items() if hasattr(part, "health")},
     }
-    if enclave.status == "up":
+    if ok:
         return JSONResponse(body)
     return JSONResponse(body, status_code=503, headers={"Retry-After": "2"})
 
