@@ -49,6 +49,7 @@ class Chaos:
         self.root, self.seconds, self.rng = root, seconds, random.Random(seed)
         self.requests = self.errors = self.errors_after_recovery = 0
         self.kills = {"server": 0, "enclave": 0}
+        self.recoveries: list[float] = []  # seconds from a kill until health is 200 again
         self.acknowledged: set[str] = set()
         self._lock = threading.Lock()
         self._recovered_at = 0.0  # requests failing before this moment are expected
@@ -121,6 +122,7 @@ class Chaos:
     def kill(self) -> None:
         victim = self.rng.choice(["server", "enclave"])
         self._recovered_at = float("inf")
+        killed = time.monotonic()
         if victim == "server":
             self.server.kill()
             self.server.restart()
@@ -129,6 +131,7 @@ class Chaos:
             time.sleep(0.2)  # let the supervisor notice before asking for health
         self.kills[victim] += 1
         self.wait_healthy()
+        self.recoveries.append(round(time.monotonic() - killed, 1))
 
     def run(self) -> dict[str, object]:
         started = time.monotonic()
@@ -156,6 +159,7 @@ class Chaos:
         return {
             "seconds": round(time.monotonic() - started, 1),
             "kills": self.kills,
+            "recovery_s": self.recoveries,
             "requests": self.requests,
             "errors": self.errors,
             "errors_after_recovery": self.errors_after_recovery,

@@ -180,3 +180,32 @@ def test_docs_work_offline_and_describe_every_body_and_the_signatures(served: tu
                 assert op.get("security"), f"{method.upper()} {path} does not say it needs a signature"
             if path in anonymous:
                 assert not op.get("security")
+
+
+def test_at_most_two_uploads_are_received_at_once(served: tuple[LoopbackServer, MemberHome]) -> None:
+    """Two signed uploads that stall half-way hold both slots: a third is refused at once with 429 and
+    Retry-After; when the stalled ones go away, their slots (and spooled halves) are freed."""
+    server, alice = served
+    blob = b"\0" * (8 * MiB)
+    upload = {f"x-caltrain-{h}": "AA==" for h in ("request-id", "auth", "wrapped-key", "data-policy")}
+    stalled = []
+    for _ in range(2):
+        headers = {**sign_request(alice.identity, alice.name, "POST", "/v1/datasets", blob), **upload}
+        sock = socket.create_connection(("127.0.0.1", server.port))
+        head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        sock.sendall(f"POST /v1/datasets HTTP/1.1\r\nHost: x\r\n{head}Content-Length: {len(blob)}\r\n\r\n".encode())
+        sock.sendall(blob[: 2 * MiB])
+        stalled.append(sock)
+    deadline = time.monotonic() + 30
+    while httpx.get(f"{server.url}/v1/health").json()["uploads"]["active"] < 2:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    third = httpx.post(f"{server.url}/v1/datasets", content=blob,
+                       headers={**sign_request(alice.identity, alice.name, "POST", "/v1/datasets", blob), **upload})
+    assert third.status_code == 429 and third.json()["error"] == "TooManyUploads" and third.headers["retry-after"]
+    for sock in stalled:
+        sock.close()
+    while httpx.get(f"{server.url}/v1/health").json()["uploads"]["active"]:
+        assert time.monotonic() < deadline, "a dropped upload kept its slot"
+        time.sleep(0.05)
+    assert not list((server.state / "uploads").iterdir()), "a dropped upload left its spooled part"
