@@ -162,7 +162,9 @@ class PartitionedTrainer:
             done = reply()
         self.boundary_seconds += time.perf_counter() - started
         if done.checkpointed != checkpoint:
-            raise TrainingError(f"job {self.job_id}: the enclave checkpointed step {step + 1}: {done.checkpointed}")
+            said = "sealed" if done.checkpointed else "did not seal"
+            raise TrainingError(f"job {self.job_id}: the enclave {said} a checkpoint at step {step + 1}, unlike the "
+                                "schedule both follow")
         self._ready = (done.next_batch, done.next_layout) if done.next_batch else None
         return stats
 
