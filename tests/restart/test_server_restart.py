@@ -9,6 +9,8 @@ server) is `pytest -m slow`."""
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import time
 
 import httpx
@@ -16,6 +18,7 @@ import numpy as np
 import pytest
 
 from caltrain.data.datasets import load_records
+from caltrain.errors import CaltrainError
 from tests.restart.conftest import (
     Load,
     Site,
@@ -119,9 +122,30 @@ def test_restart_matrix(site: Site, victim: str, point: str) -> None:
     a, b = site.pack("a", TRAIN), site.pack("b", slice(1400, 1797))
     acknowledged = {site.submit(a)["dataset_id"]: site.datasets()["alice/a"]}
     if point == "mid-upload":
-        site.half_upload(b) if victim == "server" else None
-        kill()
-        assert site.datasets() == acknowledged
+        if victim == "server":  # the server dies with half the body received
+            site.half_upload(b)
+            time.sleep(0.2)
+            kill()
+            assert site.datasets() == acknowledged
+        else:  # the enclave dies while the server forwards a whole upload to it
+            answered: list[dict[str, str]] = []
+
+            def send() -> None:
+                with contextlib.suppress(CaltrainError):  # refused with the enclave gone: not acknowledged
+                    answered.append(site.submit(b))
+
+            sender = threading.Thread(target=send)
+            sender.start()
+            while sender.is_alive() and not health(site).json()["uploads"]["active"]:
+                time.sleep(0.005)
+            kill()
+            sender.join(60)
+            held = site.datasets()
+            if answered:  # acknowledged: it is there, whole
+                assert held.get("alice/b") == answered[0]["merkle_root"]
+            assert set(held) - {"alice/b"} == set(acknowledged)  # b whole or absent, nothing else changed
+            if "alice/b" in held:
+                return
         assert not list((site.root / "state" / "uploads").iterdir())
         acknowledged["alice/b"] = site.submit(b)["merkle_root"]
         assert site.datasets() == acknowledged
