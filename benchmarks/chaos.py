@@ -105,7 +105,7 @@ class Chaos:
                     self.errors += 1
                     if time.monotonic() > self._recovered_at and self.server.proc.poll() is None:
                         self.errors_after_recovery += 1
-                time.sleep(0.05)
+                time.sleep(1.0)  # as a client honouring Retry-After would
 
     def wait_healthy(self) -> None:
         deadline = time.monotonic() + 180
