@@ -6,6 +6,7 @@ What users hand us is validated on load and fails with the caller's own typed er
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Self
 
@@ -14,9 +15,11 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from caltrain.errors import CaltrainError
 
 
-def validation_summary(exc: ValidationError) -> str:
-    """One line per pydantic failure set: `field.path: message; ...` (no URLs, no input echo)."""
-    return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']}" for e in exc.errors())
+def validation_summary(exc: ValidationError | Sequence[Any]) -> str:
+    """A validation failure (pydantic's, or FastAPI's list of them) on one line: `field.path: message; ...`
+    (no URLs, no input echo)."""
+    errors = exc.errors() if isinstance(exc, ValidationError) else exc
+    return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']}" for e in errors)
 
 
 class JsonFileModel(BaseModel):

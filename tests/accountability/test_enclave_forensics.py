@@ -15,8 +15,7 @@ from sklearn.metrics import roc_auc_score
 from tests.helpers import Packed, People, call_sealed, create_job, ingest, pack, sealed_answer, signed_by
 
 from caltrain.accountability.attacks import badnets_trigger
-from caltrain.accountability.enclave_side import QueryRejected
-from caltrain.accountability.errors import AccountabilityError
+from caltrain.accountability.errors import AccountabilityError, QueryRejected
 from caltrain.accountability.linkage import LinkageProof, SignedStatement, verify_linkage_proof
 from caltrain.data.datasets import ArrayDataset, load_dataset
 from caltrain.enclave.authority import UNSIGNED, seal_request

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from caltrain.cli.main import main
+from caltrain.cli.model_file import ModelFile
 from caltrain.models import ZOO, build_model
 from caltrain.training.core import state_digest
 
@@ -67,15 +68,20 @@ def tiny(model: Path, out: Path, layer: str, *extra: str) -> list[str]:
     ]
 
 
-def test_accepts_a_state_dict_file(tmp_path: Path) -> None:
+def test_accepts_a_caltrain_model_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The file `caltrain export` writes (the README's export -> assess flow); a bare state_dict is refused."""
     weights = tmp_path / "model.pt"
-    torch.save(build_model("digits-cnn", seed=1).state_dict(), weights)
-    assert main(tiny(weights, tmp_path / "r", "conv1", "--trusted-training")) == 0
+    ModelFile("digits-cnn", build_model("digits-cnn", seed=1).state_dict()).save(weights)
+    argv = tiny(weights, tmp_path / "r", "conv1", "--trusted-training")
+    assert main(argv) == 0
     data = json.loads((tmp_path / "r" / "report.json").read_text())
     assert data["model"]["name"] == "digits-cnn (model.pt)" and data["config"]["tiers"] == ["no-data"]
     assert data["model"]["weights_digest"] == state_digest(build_model("digits-cnn", seed=1))
     assert list(data["layers"][0]["attacks"]) == ["decoder-noise"]
     assert data["training_time_hijacking"]["applies"] is False
+    torch.save(build_model("digits-cnn").state_dict(), weights)
+    capsys.readouterr()
+    assert main(argv) == 2 and "bare state_dict" in capsys.readouterr().err
 
 
 def test_bad_model_is_one_readable_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -95,7 +101,7 @@ def test_accepts_what_caltrain_export_writes(tmp_path: Path) -> None:
     """`caltrain export` saves the config's model (a zoo name or a spec) with the weights: no --arch needed."""
     spec = ZOO["digits-resnet"].to_dict()
     weights = tmp_path / "exported.pt"
-    torch.save({"model": spec, "state_dict": build_model(spec, seed=2).state_dict()}, weights)
+    ModelFile(spec, build_model(spec, seed=2).state_dict()).save(weights)
     assert main(tiny(weights, tmp_path / "r", "block2")) == 0
     data = json.loads((tmp_path / "r" / "report.json").read_text())
     assert data["model"]["hash"] == ZOO["digits-resnet"].hash and data["model"]["cuts"][1] == "block1"

@@ -48,7 +48,7 @@ def test_check_against_data_and_cut(tmp_path: Path, capsys: pytest.CaptureFixtur
         (["model", "check", "digits-cnn", "--data", "colour-digits"], "ShapeMismatch: model digits-cnn takes 1×8×8"),
         (["model", "check", "digits-cnn", "--cut", "6"], "PartitionError: cut m=6 out of range"),
         (["model", "hash", str(spec_file(tmp_path, num_classes=11))], "ShapeMismatch: the last block ('logits')"),
-        (["model", "hash", str(tmp_path / "missing.json")], "UnknownModel: "),
+        (["model", "hash", str(tmp_path / "missing.json")], "UnknownArchitecture: "),
     ]
     bad = spec_file(tmp_path, "bad.json")
     bad.write_text(bad.read_text().replace('"relu"', '"__import__"', 1))

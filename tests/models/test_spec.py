@@ -20,8 +20,8 @@ from caltrain.models import (
     ZOO,
     ShapeMismatch,
     SpecError,
+    UnknownArchitecture,
     UnknownLayer,
-    UnknownModel,
     block_seed,
     loads_spec,
     parse_spec,
@@ -88,7 +88,7 @@ def test_resolve_model_takes_a_zoo_name_or_a_document() -> None:
     assert resolve_model("digits-cnn") is ZOO["digits-cnn"]
     assert resolve_model(SMALL).blocks == ("conv", "flat", "logits")
     assert resolve_model(SMALL).input_shape == (1, 8, 8) and resolve_model(SMALL).num_classes == 10
-    with pytest.raises(UnknownModel, match="unknown model 'nope'"):
+    with pytest.raises(UnknownArchitecture, match="unknown model 'nope'"):
         resolve_model("nope")
 
 

@@ -76,7 +76,7 @@ def test_two_participants_round_trip(tmp_path: Path, capsys: pytest.CaptureFixtu
         assert json.loads(out[: out.rindex("}") + 1])["commitment_matches"] is True
 
     listed = {d["participant"]: d for d in status(server.url)["datasets"]}
-    for name, count in (("alice", 240), ("bob", 280)):  # npz loader holds out 20% for testing
+    for name, count in (("alice", 300), ("bob", 350)):  # pack packs every record (no --holdout)
         header, _ = read_header(containers[name].read_bytes())
         assert listed[name]["record_count"] == count == header.record_count
         assert listed[name]["merkle_root"] == header.merkle_root.hex()

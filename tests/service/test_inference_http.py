@@ -76,6 +76,16 @@ def test_trained_model_deploys_and_cli_infers(
     model.load_state_dict(saved["state_dict"])
     with torch.inference_mode():
         assert predicted == model(torch.from_numpy(test.x[:20])).argmax(1).tolist()
+    # The README's flow: the exported file is what `assess --model` and `deploy --weights` read.
+    code, _ = run(capsys, "assess", "--model", tmp_path / "m.pt", "--data", "digits", "--out", tmp_path / "assess",
+                  "--budget", "tiny", "--layers", "conv1", "--tier", "no-data", "--trusted-training", "--no-progress")
+    assert code == 0 and (tmp_path / "assess" / "report.json").exists()
+    code, out = run(capsys, "deploy", "--server", server.url, "--policy", policy, "--home", home,
+                    "--model-id", "exported", "--weights", tmp_path / "m.pt", "--m", "1")
+    assert code == 0 and json.loads(out)["model_id"] == "exported"
+    code, out = run(capsys, "infer", "--server", server.url, "--policy", policy, "--input", tmp_path / "inputs.npz",
+                    "--model", "exported", "--top-k", "1")
+    assert code == 0 and [int(line.split(":")[1]) for line in out.splitlines()[:20]] == predicted
 
 
 def test_external_model_round_trip_and_bad_input(

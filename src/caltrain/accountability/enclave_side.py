@@ -9,32 +9,30 @@ registry records it, so no log ever gets a second root.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 from torch import nn
 
 from caltrain.accountability.attribution import AttributionMethod, QueryBatch, TrainingSet, get_method
-from caltrain.accountability.errors import AccountabilityError
+from caltrain.accountability.errors import AccountabilityError, QueryRejected
 from caltrain.accountability.fingerprints import model_hash
-from caltrain.accountability.linkage import LinkageLog
-from caltrain.accountability.store import save_log
+from caltrain.accountability.linkage import LinkageLog, SignedStatement
+from caltrain.accountability.store import load_log, save_log
 from caltrain.accountability.tracing import Tracer
 from caltrain.enclave.consent import check_grant
 from caltrain.enclave.consortium import Member
 from caltrain.enclave.runtime import EnclaveContext, ecall
 from caltrain.enclave.wire import BuildLinkage, ForensicReply, LinkageBuilt, SuspicionQuery, TraceQuery
-from caltrain.training.enclave_side import Job, finished_job, jobs, policies
+from caltrain.training.enclave_side import Job, JobEntry, finished_job, jobs, policies
 
 FORENSICS = "forensics"
 MAX_QUERY_BATCH = 4096
-
-
-class QueryRejected(AccountabilityError):
-    """A forensic query is malformed or does not fit the model."""
 
 
 @dataclass
@@ -54,12 +52,43 @@ class Forensics:
 
 
 def _forensics(ctx: EnclaveContext, job_id: str, member: Member) -> Forensics:
-    """The job's forensics, for a member every training dataset's policy names as a tracer."""
-    found = ctx.extensions.get(FORENSICS, {}).get(job_id)
-    if not isinstance(found, Forensics):
+    """The job's forensics, for a member every training dataset's policy names as a tracer; after a restart the
+    committed log is reloaded from its sealed file on first use."""
+    loaded = ctx.extensions.setdefault(FORENSICS, {})
+    entry = jobs(ctx).get(job_id)
+    if entry.state != "linked":
         raise AccountabilityError(f"job {job_id!r} has no linkage log yet (build it after training)")
     check_grant(policies(ctx, finished_job(ctx, job_id).config.datasets).items(), "tracers", member)
+    if job_id not in loaded:
+        loaded[job_id] = _reload(ctx, entry)
+    found = loaded[job_id]
+    assert isinstance(found, Forensics)
     return found
+
+
+def _log_path(ctx: EnclaveContext, log_id: str) -> Path:
+    return ctx.state_dir / "linkage" / f"{log_id}.sqlite"
+
+
+def _training_set(job: Job) -> TrainingSet:
+    if not isinstance(job.model, nn.Sequential):
+        raise AccountabilityError("fingerprints need a model whose last block is its classifier (an nn.Sequential)")
+    contributors = _provenance(job)[1]
+    names = sorted(set(contributors))
+    contributor_ids = np.array([names.index(c) for c in contributors], dtype=np.int64)
+    return TrainingSet.build(job.model, job.x.numpy(), job.y.numpy(), contributor_ids)
+
+
+def _reload(ctx: EnclaveContext, entry: JobEntry) -> Forensics:
+    """A linked job's log, through `load_log` against the statement the sealed registry holds (so a rolled-back
+    or swapped log file is refused), and its training set from the reloaded final model, which must be the
+    model the log was signed for."""
+    job = finished_job(ctx, entry.job_id)
+    trusted = SignedStatement.from_dict(entry.statement)
+    log = load_log(_log_path(ctx, entry.log_id), ctx.sealer, ctx.identity,
+                   measurement=bytes.fromhex(ctx.measurement), trusted=trusted)
+    trusted.verify(ctx.identity.public_key, model_hash=model_hash(job.model), job_id=entry.job_id)
+    return Forensics(log, _training_set(job))
 
 
 def _provenance(job: Job) -> tuple[list[str], list[str], list[bytes], list[str], np.ndarray]:
@@ -85,15 +114,14 @@ def build_linkage(ctx: EnclaveContext, req: BuildLinkage) -> LinkageBuilt:
         raise AccountabilityError(
             f"job {req.job_id} already has its linkage log {entry.log_id[:16]}…; a log is built once"
         )
-    if not isinstance(job.model, nn.Sequential):
-        raise AccountabilityError("fingerprints need a model whose last block is its classifier (an nn.Sequential)")
+    if not entry.log_id:  # sealed before anything is written: a crash mid-build rebuilds the same log, same id
+        entry = dataclasses.replace(entry, log_id=os.urandom(32).hex())
+        jobs(ctx).put(entry)
     record_ids, contributors, hashes, dataset_ids, indexes = _provenance(job)
-    names = sorted(set(contributors))
-    contributor_ids = np.array([names.index(c) for c in contributors], dtype=np.int64)
-    training = TrainingSet.build(job.model, job.x.numpy(), job.y.numpy(), contributor_ids)
+    training = _training_set(job)
     log = LinkageLog(
         ctx.identity,
-        log_id=os.urandom(32),
+        log_id=bytes.fromhex(entry.log_id),
         job_id=req.job_id,
         model_hash=model_hash(job.model),
         measurement=bytes.fromhex(ctx.measurement),
@@ -107,9 +135,10 @@ def build_linkage(ctx: EnclaveContext, req: BuildLinkage) -> LinkageBuilt:
         dataset_indexes=indexes,
         fingerprints=training.features.fingerprints,
     )
-    save_log(ctx.state_dir / "linkage" / f"{log.log_id.hex()}.sqlite", log, ctx.sealer)
-    entry.state, entry.log_id = "linked", log.log_id.hex()
-    jobs(ctx).put(entry)
+    path = _log_path(ctx, entry.log_id)
+    path.unlink(missing_ok=True)  # what a crash mid-build left: rebuilt whole
+    save_log(path, log, ctx.sealer)
+    jobs(ctx).put(dataclasses.replace(entry, state="linked", statement=signed.to_dict()))
     ctx.extensions.setdefault(FORENSICS, {})[req.job_id] = Forensics(log, training)
     return LinkageBuilt(statement=signed.to_dict(), records=len(log), seconds=time.perf_counter() - started)
 

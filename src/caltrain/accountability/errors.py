@@ -5,6 +5,10 @@ from __future__ import annotations
 from caltrain.errors import AccountabilityError
 
 
+class QueryRejected(AccountabilityError):
+    """A forensic query is malformed or does not fit the model."""
+
+
 class LinkageTampered(AccountabilityError):
     """The linkage log does not match what the enclave signed: something was altered, dropped, added or moved."""
 

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 from caltrain.data import load_dataset
-from caltrain.models import ZOO, ModelSpec, UnknownModel, load_spec
+from caltrain.models import ZOO, ModelSpec, UnknownArchitecture, load_spec
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -39,7 +39,7 @@ def spec_from_arg(ref: str) -> ModelSpec:
         return ZOO[ref]
     path = Path(ref)
     if not path.is_file():
-        raise UnknownModel(f"{ref!r} is neither a zoo model {sorted(ZOO)} nor a spec file")
+        raise UnknownArchitecture(f"{ref!r} is neither a zoo model {sorted(ZOO)} nor a spec file")
     return load_spec(path)
 
 

@@ -7,15 +7,15 @@ import logging
 import shlex
 from pathlib import Path
 
-from caltrain.enclave.consortium import Consortium
+BACKENDS = ("simulated", "sgx-dcap", "tdx", "sev-snp")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="start the enclave and serve its HTTP API")
     p.add_argument("--state", type=Path, required=True, help="state directory (sealed enclave state, containers)")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8700)
-    p.add_argument("--backend", default="simulated", help="TEE backend: simulated, sgx-dcap, tdx, sev-snp")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    p.add_argument("--port", type=int, default=8700, help="port to listen on")
+    p.add_argument("--backend", default="simulated", choices=BACKENDS, help="TEE backend")
     p.add_argument("--consortium", type=Path, required=True, help="consortium file (members, roles, keys)")
     p.add_argument("--device", default="cpu", help="where the BackNet trains: cpu, cuda, cuda:1, ...")
     p.add_argument(
@@ -41,6 +41,7 @@ def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from caltrain.enclave.allocator import keep_freed_memory
+    from caltrain.enclave.consortium import Consortium
     from caltrain.enclave.host import EnclaveHost
     from caltrain.enclave.manifest import EnclaveConfig
     from caltrain.inference.serving import BatchingConfig
@@ -57,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
         launcher=shlex.split(args.launcher) if args.launcher else (),
         listen_port=args.enclave_port,
     )
+    enclave.start()  # a misconfiguration fails here, in one line; later deaths are supervised
     app = create_app(
         state_dir=args.state,
         consortium=consortium,
@@ -65,5 +67,8 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         batching=BatchingConfig(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms),
     )
-    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+    try:
+        uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+    finally:
+        enclave.stop()
     return 0

@@ -5,35 +5,33 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
-from caltrain.attestation import Policy
-from caltrain.data.datasets import as_images
-from caltrain.enclave.wire import ForensicReply
+from caltrain.cli.args import out_file, positive_int
 from caltrain.errors import DataError
-from caltrain.service.client import CaltrainClient
-from caltrain.service.participant import MemberHome
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("trace", help="auditor: which training instances and contributors caused these mispredictions")
-    p.add_argument("--server", required=True)
+    p.add_argument("--server", required=True, help="server URL, e.g. http://127.0.0.1:8700")
     p.add_argument("--home", type=Path, required=True, help="the auditor's home (signs the request)")
     p.add_argument("--policy", type=Path, required=True, help="attestation policy: inputs go to a verified enclave")
     p.add_argument("--job", required=True, help="training job whose model mispredicted")
     p.add_argument("--input", type=Path, required=True, help=".npz with x (images) and optionally predicted")
     p.add_argument("--predicted", type=int, help="the label the model predicted (for every input)")
-    p.add_argument("--k", type=int, default=10)
-    p.add_argument("--method", default="ours", help="ours (default) or caltrain-knn (the paper's)")
-    p.add_argument("--out", type=Path, default=Path("trace.json"))
+    p.add_argument("--k", type=positive_int, default=10, help="training records to answer per misprediction")
+    p.add_argument("--method", default="ours", choices=("ours", "caltrain-knn"),
+                   help="attribution method: ours, or the paper's caltrain-knn")
+    p.add_argument("--out", type=out_file, default=Path("trace.json"), help="where to write the signed report")
     p.set_defaults(func=trace)
 
     v = sub.add_parser("proofs", help="participant: verify answers' proofs about your own records, offline")
     vsub = v.add_subparsers(dest="action", required=True)
     check = vsub.add_parser("verify", help="check every record of yours in a trace report against your receipts")
-    check.add_argument("--home", type=Path, required=True)
+    check.add_argument("--home", type=Path, required=True, help="the participant's home")
     check.add_argument("--trace", type=Path, required=True, help="trace.json written by `caltrain trace`")
     check.add_argument(
         "--container",
@@ -46,11 +44,17 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _load_inputs(path: Path, predicted: int | None) -> tuple[np.ndarray, np.ndarray | None]:
+    import zipfile
+
+    import numpy as np
+
+    from caltrain.data.datasets import as_images
+
     try:
         with np.load(path, allow_pickle=False) as data:
             x = as_images(data["x"])
             labels = np.asarray(data["predicted"], dtype=np.int64) if "predicted" in data else None
-    except (OSError, ValueError, KeyError) as exc:
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
         raise DataError(f"{path}: expected an .npz with array 'x' (and optional 'predicted'): {exc}") from None
     if predicted is not None:
         labels = np.full(len(x), predicted, dtype=np.int64)
@@ -75,10 +79,16 @@ def _print_report(report: dict[str, Any]) -> None:
 
 
 def trace(args: argparse.Namespace) -> int:
+    from caltrain.attestation import Policy
+    from caltrain.enclave.wire import ForensicReply
+    from caltrain.service.client import CaltrainClient
+    from caltrain.service.participant import MemberHome
+
     home = MemberHome.load(args.home)
     x, predicted = _load_inputs(args.input, args.predicted)
+    policy = Policy.load(args.policy)
     with CaltrainClient(args.server, home=home) as client:
-        answer = client.trace(args.job, x, Policy.load(args.policy), predicted=predicted, k=args.k, method=args.method)
+        answer = client.trace(args.job, x, policy, predicted=predicted, k=args.k, method=args.method)
     assert isinstance(answer.reply, ForensicReply)
     report = answer.reply.report
     args.out.write_text(json.dumps({"report": report, **answer.to_json()}, indent=2))
@@ -91,11 +101,16 @@ def trace(args: argparse.Namespace) -> int:
 
 
 def verify_proofs(args: argparse.Namespace) -> int:
+    from caltrain.service.errors import HomeError
+    from caltrain.service.participant import MemberHome
+
     home = MemberHome.load(args.home)
     try:
         trace_doc = json.loads(args.trace.read_text())
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise DataError(f"cannot read trace report {args.trace}: {exc}") from None
+    if not isinstance(trace_doc, dict) or not isinstance(trace_doc.get("signed"), dict):
+        raise HomeError(f"{args.trace} is not a trace report written by `caltrain trace` (no signed answer)")
     checked = home.verify_trace(trace_doc, args.container)
     print(
         f"the report is signed by the enclave you submitted to; {checked} answer records naming {home.name} "

@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import pickle
 import struct
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -113,19 +114,64 @@ def load_mnist_style(root: Path, name: str) -> tuple[ArrayDataset, ArrayDataset]
     return train, test
 
 
-def load_npz(path: Path, seed: int = 0) -> tuple[ArrayDataset, ArrayDataset]:
-    """An `.npz` with `x` (N×H×W, N×C×H×W; uint8 0-255 or float 0-1) and `y`; 20% held out for testing."""
+def read_npz(path: Path) -> ArrayDataset:
+    """Every record of an `.npz` with `x` (N×H×W or N×C×H×W numbers; uint8 0-255 or float 0-1) and `y` (integer
+    labels); anything else (not a zip, truncated, text or object arrays, no records) is a `DataError` naming it."""
     try:
-        with np.load(path) as data:
+        with np.load(path, allow_pickle=False) as data:
+            missing = [k for k in ("x", "y") if k not in data.files]
+            if missing:
+                raise DataError(f"{path}: the .npz has no array {missing[0]!r} (it has {sorted(data.files)})")
             x, y = data["x"], data["y"]
-    except (OSError, ValueError, KeyError) as exc:
-        raise DataError(f"{path}: expected an .npz with arrays 'x' and 'y' ({exc})") from None
-    return _split(as_images(x), np.asarray(y).astype(np.int64), Path(path).stem, 0.2, seed)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        reason = "empty file" if isinstance(exc, EOFError) else f"{type(exc).__name__}: {exc}"
+        raise DataError(f"{path}: not a readable .npz with arrays 'x' and 'y' ({reason})") from None
+    if x.dtype.kind not in "biuf":
+        raise DataError(f"{path}: 'x' holds {x.dtype} values; images must be numbers")
+    if y.dtype.kind not in "biu" and not (y.dtype.kind == "f" and np.all(np.mod(y, 1) == 0)):
+        raise DataError(f"{path}: 'y' holds {y.dtype} values; labels must be integers")
+    if len(x) == 0:
+        raise DataError(f"{path}: holds no records")
+    if y.shape != (len(x),):
+        raise DataError(f"{path}: {len(x)} images but labels of shape {y.shape}")
+    labels = y.astype(np.int64)
+    return ArrayDataset(as_images(x), labels, Path(path).stem, max(int(labels.max()) + 1, 1))
+
+
+def load_npz(path: Path, seed: int = 0) -> tuple[ArrayDataset, ArrayDataset]:
+    """An `.npz` (see `read_npz`); 20% held out for testing."""
+    full = read_npz(path)
+    return _split(full.x, full.y, full.name, 0.2, seed, full.num_classes)
+
+
+def load_records(name: str, *, root: Path | None = None) -> ArrayDataset:
+    """Every record of a named dataset (train and test splits together) or of an .npz: what a participant
+    packs, all of it unless a holdout is asked for."""
+    if name.endswith(".npz"):
+        return read_npz(Path(name))
+    train, test = load_dataset(name, root=root)
+    return ArrayDataset(np.concatenate([train.x, test.x]), np.concatenate([train.y, test.y]), train.name,
+                        max(train.num_classes, test.num_classes))
+
+
+def check_records(dataset: ArrayDataset, value_range: tuple[float, float] = (0.0, 1.0)) -> None:
+    """Refuse a dataset with no records, or a record holding NaN, infinity or values outside `value_range`,
+    naming the first offending record."""
+    if len(dataset) == 0:
+        raise DataError(f"{dataset.name}: holds no records")
+    flat = dataset.x.reshape(len(dataset), -1)
+    low, high = value_range
+    with np.errstate(invalid="ignore"):
+        bad = np.flatnonzero(~(np.isfinite(flat).all(1) & (flat >= low).all(1) & (flat <= high).all(1)))
+    if len(bad):
+        raise DataError(f"{dataset.name}: record {bad[0]} holds NaN, infinity or values outside [{low}, {high}]")
 
 
 def as_images(x: np.ndarray) -> np.ndarray:
     """Normalise an array of images to float32 N×C×H×W in [0, 1]."""
     x = np.asarray(x)
+    if x.dtype.kind not in "biuf":
+        raise DataError(f"images must be numbers, got {x.dtype} values")
     if x.ndim == 3:
         x = x[:, None]
     if x.ndim != 4:

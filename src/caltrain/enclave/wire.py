@@ -394,6 +394,27 @@ class ExportModel(Message):
     auth: Authorization
 
 
+@reply
+class JobState(Message):
+    """Where an admitted job stands in the enclave's sealed registry, after any restart: what the host drove
+    it to and was answered before (digests, the signed result, the signed linkage statement); never the seed."""
+
+    job_id: str
+    state: str  # admitted | trained | linked
+    steps: int  # trained steps once trained, else 0
+    front_digest: str
+    back_digest: str
+    signature: bytes  # the enclave's signature over the job result once trained (as in `TrainResult`), else empty
+    statement: dict[str, Any]  # the signed linkage statement once linked, else empty
+
+
+@request(sender=HOST, answer=JobState)
+class GetJobState(Message):
+    """After a restart: how far an admitted job got (train it, end it, link it, or nothing left to do)."""
+
+    job_id: str
+
+
 # --- accountability ------------------------------------------------------------------------------------
 
 
@@ -470,6 +491,17 @@ class DeployModel(Message):
     slot_paths: list[str]
     max_batch: int
     auth: Authorization
+
+
+@request(sender=HOST, answer=ModelDeployed)
+class ReopenDeployment(Message):
+    """After an enclave restart: serve again a deployment its owner authorized earlier (kept sealed and
+    counter-pinned inside), through the host's fresh shared slots. It can only re-open what was deployed: the
+    model, its weights and its owner come from the enclave's sealed deployment registry, never from this call."""
+
+    model_id: str
+    slot_paths: list[str]
+    max_batch: int
 
 
 @reply

@@ -21,10 +21,6 @@ class ReplayedRequest(InferenceError):
     """This session id or request counter was already used: the enclave opens each once (HTTP 409)."""
 
 
-class RequestTooLarge(InferenceError):
-    """The request body exceeds the size limit (HTTP 413)."""
-
-
 class UnknownSession(InferenceError):
     """No live session under this id (never opened, or evicted to bound memory): open a new one (HTTP 404)."""
 

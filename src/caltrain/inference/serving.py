@@ -33,10 +33,11 @@ from caltrain.enclave.wire import (
     InferFront,
     ModelDeployed,
     OpenSession,
+    ReopenDeployment,
     SessionOpened,
     SignedReply,
 )
-from caltrain.errors import CaltrainError, InferenceError
+from caltrain.errors import CaltrainError, EnclaveUnavailable, InferenceError
 from caltrain.inference.errors import BadRequest, DuplicateModel, UnknownModel
 from caltrain.inference.requests import SESSION_SIZE, check_request, request_size
 from caltrain.inference.split import InferenceSplit, load_exact, split_model
@@ -223,9 +224,13 @@ class ModelServer:
         self._queue.put(None)
         for t in self._threads:
             t.join(timeout=30)
-        for part in self.slots:
-            for slot in part:
-                slot.unlink()
+        _unlink(self.slots)
+
+
+def _unlink(slots: tuple[list[SharedTensor], ...]) -> None:
+    for part in slots:
+        for s in part:
+            s.unlink()
 
 
 class InferenceService:
@@ -235,7 +240,18 @@ class InferenceService:
         self.enclave = enclave
         self.config = config or BatchingConfig()
         self.models: dict[str, ModelServer] = {}
+        self.unavailable: set[str] = set()  # deployed, but not served until the enclave re-opens them
         self._lock = threading.Lock()
+
+    def _slots(self, split: InferenceSplit) -> tuple[list[SharedTensor], list[SharedTensor], list[SharedTensor]]:
+        ir_shape, out_shape = split.shapes()
+        cap, depth = self.config.max_batch, self.config.depth
+
+        def group(per_request: int, dtype: str) -> list[SharedTensor]:
+            return [SharedTensor.create(cap * per_request, dtype) for _ in range(depth)]
+
+        return (group(request_size(split.input_shape), "uint8"), group(math.prod(ir_shape), "float32"),
+                group(math.prod(out_shape), "float32"))
 
     def deploy(self, request: DeployModel, host_state: object) -> tuple[SignedReply, ModelInfo]:
         """Deploy a model an owner signed for: the host part's weights load here, the enclave's (sealed or
@@ -246,21 +262,13 @@ class InferenceService:
                 raise DuplicateModel(f"model {model_id!r} is already deployed")
             split = split_model(architecture, m, ternary)
             load_exact([split.host], host_state, "host part")
-            ir_shape, out_shape = split.shapes()
-            cap, depth = self.config.max_batch, self.config.depth
-
-            def group(per_request: int, dtype: str) -> list[SharedTensor]:
-                return [SharedTensor.create(cap * per_request, dtype) for _ in range(depth)]
-
-            slots = (group(request_size(split.input_shape), "uint8"), group(math.prod(ir_shape), "float32"),
-                     group(math.prod(out_shape), "float32"))
-            msg = dataclasses.replace(request, slot_paths=[str(s.path) for part in slots for s in part], max_batch=cap)
+            slots = self._slots(split)
+            msg = dataclasses.replace(request, slot_paths=[str(s.path) for part in slots for s in part],
+                                      max_batch=self.config.max_batch)
             try:
                 signed, deployed = self.enclave.call_member(msg, ModelDeployed)
             except CaltrainError:
-                for part in slots:
-                    for s in part:
-                        s.unlink()
+                _unlink(slots)
                 raise
             spec = split.spec
             info = ModelInfo(
@@ -279,6 +287,35 @@ class InferenceService:
         log.info("deployed %s: %s cut m=%d ternary=%s by %s", model_id, spec.name, m, ternary, info.owner)
         return signed, info
 
+    def suspend(self, model_ids: list[str]) -> None:
+        """Stop serving these models until `reopen`: their old slots mean nothing to a restarted enclave.
+        Meanwhile their requests get `EnclaveUnavailable` (503, retry), not `UnknownModel`."""
+        with self._lock:
+            stale = [s for s in (self.models.pop(i, None) for i in model_ids) if s is not None]
+            self.unavailable.update(model_ids)
+        for server in stale:
+            server.close()
+
+    def reopen(self, info: ModelInfo, host_state: object) -> None:
+        """Serve again, after a restart, a model deployed before: the enclave re-opens it from its sealed
+        deployment registry through fresh slots."""
+        split = split_model(info.architecture, info.m, info.ternary)
+        load_exact([split.host], host_state, "host part")
+        slots = self._slots(split)
+        msg = ReopenDeployment(model_id=info.model_id, slot_paths=[str(s.path) for part in slots for s in part],
+                               max_batch=self.config.max_batch)
+        try:
+            reopened = self.enclave.call(msg, ModelDeployed)
+            if reopened.front_digest != info.front_digest:
+                raise InferenceError(f"model {info.model_id} re-opened with other weights than it was deployed with")
+        except CaltrainError:
+            _unlink(slots)
+            raise
+        with self._lock:
+            self.models[info.model_id] = ModelServer(self.enclave, info, split, slots, self.config)
+            self.unavailable.discard(info.model_id)
+        log.info("re-opened %s (%s, owner %s)", info.model_id, info.architecture, info.owner)
+
     def open_session(self, session_id: str, ciphertext: bytes) -> SessionOpened:
         """Hand a client's sealed session key to the enclave (one HPKE open, then AES-GCM per request)."""
         if len(ciphertext) != SESSION_SIZE:
@@ -289,6 +326,9 @@ class InferenceService:
         try:
             return self.models[model_id]
         except KeyError:
+            if model_id in self.unavailable:
+                raise EnclaveUnavailable(f"model {model_id!r} is being re-opened after a restart; retry shortly") \
+                    from None
             raise UnknownModel(f"no model {model_id!r} is deployed") from None
 
     def close(self) -> None:

@@ -66,7 +66,7 @@ class ShapeMismatch(SpecError):
     """Shapes do not chain through the layers, or the spec does not fit the data it is asked to train on."""
 
 
-class UnknownModel(ModelError):
+class UnknownArchitecture(ModelError):
     """A model named by a string that is not in the zoo."""
 
 

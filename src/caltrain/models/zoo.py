@@ -11,7 +11,7 @@ from typing import Any
 
 from torch import nn
 
-from caltrain.models.spec import ModelSpec, UnknownModel, parse_spec
+from caltrain.models.spec import ModelSpec, UnknownArchitecture, parse_spec
 
 Doc = dict[str, Any]
 
@@ -112,7 +112,7 @@ def resolve_model(ref: str | dict[str, Any] | ModelSpec) -> ModelSpec:
         try:
             return ZOO[ref]
         except KeyError:
-            raise UnknownModel(f"unknown model {ref!r}; the zoo has {sorted(ZOO)} (or give a spec)") from None
+            raise UnknownArchitecture(f"unknown model {ref!r}; the zoo has {sorted(ZOO)} (or give a spec)") from None
     return parse_spec(ref)
 
 
@@ -126,6 +126,6 @@ def spec_for_dataset(dataset: str) -> ModelSpec:
     try:
         return ZOO[DEFAULT_FOR_DATASET[dataset]]
     except KeyError:
-        raise UnknownModel(
+        raise UnknownArchitecture(
             f"no zoo model for dataset {dataset!r}; the zoo covers {sorted(DEFAULT_FOR_DATASET)}"
         ) from None

@@ -1,7 +1,9 @@
 """The caltrain server: FastAPI over uvicorn, the untrusted host side of the enclave.
 
-It routes requests to the enclave and runs whatever the partition puts on the host. It never sees
-plaintext records, inputs or keys: those only exist inside the enclave process.
+It routes requests to the enclave and runs whatever the partition puts on the host. It never sees plaintext
+records, inputs or keys: those only exist inside the enclave process. Its own state (jobs, deployments) is in a
+store under the state directory; the enclave is supervised: when it dies it is restarted, and what it served is
+offered to it again.
 """
 
 from __future__ import annotations
@@ -12,61 +14,28 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from caltrain.enclave.consortium import Consortium
-from caltrain.enclave.errors import DuplicateDataset, RequestReplayed, UnknownDataset
 from caltrain.enclave.host import EnclaveHost
 from caltrain.enclave.manifest import EnclaveConfig
-from caltrain.errors import (
-    AuthError,
-    CaltrainError,
-    EnclaveError,
-    ServiceError,
-    Unauthenticated,
-)
-from caltrain.inference.errors import (
-    DuplicateModel,
-    ReplayedRequest,
-    RequestTooLarge,
-    SessionExpired,
-    UnknownModel,
-    UnknownSession,
-)
+from caltrain.errors import CaltrainError, ServiceError, http_status
 from caltrain.inference.serving import BatchingConfig, InferenceService
-from caltrain.service import forensics, inference, ingestion, training
+from caltrain.jsonfile import validation_summary
+from caltrain.service import forensics, inference, ingestion, openapi, training
 from caltrain.service.auth import RequestAuthenticator
-from caltrain.service.jobs import JobManager, UnknownJob
+from caltrain.service.deployments import Deployments
+from caltrain.service.ingestion import UPLOADS, Uploads
+from caltrain.service.jobs import JobManager
+from caltrain.service.limits import BodyLimits, error_response
 from caltrain.service.state import ServerState
-from caltrain.training.errors import NoActiveJob
+from caltrain.service.store import ServerStore, SqliteStore
 
 log = logging.getLogger("caltrain.server")
 
 ROUTERS = (ingestion.router, training.router, forensics.router, inference.router)
-
-
-def status_code(exc: CaltrainError) -> int:
-    """HTTP status for a caltrain error: the client's fault is 4xx, the server's 5xx."""
-    for cls, code in (
-        (RequestReplayed, 409),
-        (Unauthenticated, 401),
-        (AuthError, 403),
-        (UnknownDataset, 404),
-        (UnknownJob, 404),
-        (NoActiveJob, 404),
-        (UnknownModel, 404),
-        (SessionExpired, 410),
-        (UnknownSession, 404),
-        (DuplicateDataset, 409),
-        (DuplicateModel, 409),
-        (ReplayedRequest, 409),
-        (RequestTooLarge, 413),
-        (EnclaveError, 503),
-        (ServiceError, 400),
-    ):
-        if isinstance(exc, cls):
-            return code
-    return 400
+STORE_FILE = "server.sqlite"
 
 
 def create_app(
@@ -77,8 +46,9 @@ def create_app(
     device: str = "cpu",
     enclave: EnclaveHost | None = None,
     batching: BatchingConfig | None = None,
+    store: ServerStore | None = None,
 ) -> FastAPI:
-    """Build the app; the enclave starts with the app (lifespan) and stops with it."""
+    """Build the app; the enclave starts with the app (lifespan), is supervised while it runs, stops with it."""
     host = enclave or EnclaveHost(state_dir=state_dir, config=EnclaveConfig(consortium), backend=backend)
 
     @asynccontextmanager
@@ -87,15 +57,22 @@ def create_app(
         if ready.simulated:
             log.warning("SIMULATED TEE backend: the enclave is an ordinary process; no hardware protection")
         log.info("enclave ready: platform=%s measurement=%s", ready.platform, ready.measurement)
-        app.state.server = ServerState(host, consortium, RequestAuthenticator(consortium), state_dir)
-        jobs = app.state.server.extensions["jobs"] = JobManager(host, state_dir, device)
-        service = app.state.server.extensions["inference"] = InferenceService(host, batching)
+        db = store or SqliteStore(state_dir / STORE_FILE)
+        server = app.state.server = ServerState(host, consortium, RequestAuthenticator(consortium), state_dir, db)
+        jobs = JobManager(host, db, state_dir, device)
+        service = InferenceService(host, batching)
+        deployments = Deployments(service, db, state_dir)
+        server.extensions.update(jobs=jobs, inference=service, deployments=deployments,
+                                 uploads=Uploads(state_dir / UPLOADS))
+        deployments.restore()
+        host.supervise(on_ready=lambda _: deployments.restore())
         try:
             yield
         finally:
             jobs.close()
             service.close()
             host.stop()
+            db.close()
 
     app = FastAPI(
         title="caltrain",
@@ -104,11 +81,13 @@ def create_app(
         description="Host side of the caltrain enclave. Every payload that carries private data is encrypted "
         "to the attested enclave key; the host routes ciphertext and runs only the BackNet.",
         lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
     )
 
     @app.exception_handler(CaltrainError)
     async def caltrain_error(request: Request, exc: CaltrainError) -> JSONResponse:
-        code = status_code(exc)
+        code = http_status(type(exc))
         log.log(
             logging.ERROR if code >= 500 else logging.WARNING,
             "%s %s -> %d %s: %s",
@@ -118,8 +97,14 @@ def create_app(
             type(exc).__name__,
             exc,
         )
-        return JSONResponse(status_code=code, content={"error": type(exc).__name__, "detail": str(exc)})
+        return error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return error_response(ServiceError(f"malformed request: {validation_summary(exc.errors())}"))
 
     for router in ROUTERS:
         app.include_router(router)
+    openapi.install(app)
+    app.add_middleware(BodyLimits)
     return app

@@ -1,9 +1,16 @@
-"""Request authentication: consortium members sign each request with their Ed25519 identity."""
+"""Request authentication: consortium members sign each HTTP request with their Ed25519 identity.
+
+The signature covers the method, the path with its query, a timestamp and the SHA-256 of the body, which travels
+as a header. So the server checks who is asking from the headers alone, before it reads a byte of the body, and
+then only that the body it reads has the signed digest (`BodyDigest`).
+"""
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import math
+import re
 import time
 from collections.abc import Callable, Mapping
 
@@ -14,17 +21,38 @@ from caltrain.enclave.consortium import Consortium, Member, Role
 from caltrain.errors import AuthError, Unauthenticated
 
 MEMBER, TIMESTAMP, SIGNATURE = "x-caltrain-member", "x-caltrain-timestamp", "x-caltrain-signature"
+CONTENT_SHA256 = "x-caltrain-content-sha256"
+# Seconds since the epoch, as `sign_request` writes them: digits, optionally a fraction. Nothing else (no
+# "nan", "inf", exponent, sign or whitespace) is a timestamp.
+_TIMESTAMP = re.compile(r"[0-9]{1,12}(\.[0-9]{1,9})?")
+_DIGEST = re.compile(r"[0-9a-f]{64}")
 
 
-def request_digest(method: str, path: str, timestamp: str, body: bytes) -> bytes:
-    return tagged_hash("caltrain/request/v1", method.upper().encode(), path.encode(), timestamp.encode(), sha256(body))
+def request_digest(method: str, path: str, timestamp: str, body_sha256: bytes) -> bytes:
+    return tagged_hash("caltrain/request/v1", method.upper().encode(), path.encode(), timestamp.encode(), body_sha256)
 
 
 def sign_request(identity: Identity, name: str, method: str, path: str, body: bytes) -> dict[str, str]:
     """Headers that authenticate one request (method, path with query, body) as `name`."""
     ts = f"{time.time():.3f}"
-    sig = identity.sign(request_digest(method, path, ts, body))
-    return {MEMBER: name, TIMESTAMP: ts, SIGNATURE: base64.b64encode(sig).decode()}
+    digest = sha256(body)
+    sig = identity.sign(request_digest(method, path, ts, digest))
+    return {MEMBER: name, TIMESTAMP: ts, SIGNATURE: base64.b64encode(sig).decode(), CONTENT_SHA256: digest.hex()}
+
+
+class BodyDigest:
+    """Hashes a body as it streams in; `check` refuses one whose digest is not the signed one."""
+
+    def __init__(self, expected: bytes) -> None:
+        self.expected = expected
+        self._hash = hashlib.sha256()
+
+    def update(self, chunk: bytes) -> None:
+        self._hash.update(chunk)
+
+    def check(self) -> None:
+        if self._hash.digest() != self.expected:
+            raise Unauthenticated("the request body is not the one signed (its SHA-256 differs from the signed one)")
 
 
 class RequestAuthenticator:
@@ -39,27 +67,33 @@ class RequestAuthenticator:
         self._seen: dict[bytes, float] = {}
 
     def authenticate(
-        self, method: str, path: str, headers: Mapping[str, str], body: bytes, *, roles: frozenset[Role] | None = None
-    ) -> Member:
+        self, method: str, path: str, headers: Mapping[str, str], *, roles: frozenset[Role] | None = None
+    ) -> tuple[Member, BodyDigest]:
         """The member who signed this request, holding one of `roles` if given (a courtesy check: the enclave
-        checks its own calls' authorization itself)."""
-        name, ts, sig = headers.get(MEMBER), headers.get(TIMESTAMP), headers.get(SIGNATURE)
-        if not (name and ts and sig):
-            raise Unauthenticated("request is not signed: send X-Caltrain-Member, -Timestamp and -Signature")
+        checks its own calls' authorization itself), judged from the headers alone; and the digest the body
+        must then have."""
+        name, ts, sig, content = (headers.get(h) for h in (MEMBER, TIMESTAMP, SIGNATURE, CONTENT_SHA256))
+        if not (name and ts and sig and content):
+            raise Unauthenticated(
+                "request is not signed: send X-Caltrain-Member, -Timestamp, -Signature and -Content-SHA256"
+            )
         member = self._consortium.member(name)
         if roles is not None and not member.roles & roles:
             raise AuthError(f"member {name!r} holds none of the roles {sorted(r.value for r in roles)}")
+        if not _TIMESTAMP.fullmatch(ts):
+            raise Unauthenticated(f"request timestamp {ts[:40]!r} is not seconds since the epoch")
+        if not _DIGEST.fullmatch(content):
+            raise Unauthenticated("X-Caltrain-Content-SHA256 must be 64 lowercase hex digits")
         try:
-            age = self._clock() - float(ts)
             signature = base64.b64decode(sig, validate=True)
         except ValueError:
-            raise Unauthenticated("malformed authentication headers") from None
-        if not math.isfinite(age):
-            raise Unauthenticated(f"request timestamp {ts!r} is not a finite number of seconds")
-        if abs(age) > self._window_s:
+            raise Unauthenticated("malformed request signature (not base64)") from None
+        age = self._clock() - float(ts)
+        if not math.isfinite(age) or abs(age) > self._window_s:
             raise Unauthenticated(f"request timestamp is {age:.0f} s off; the window is {self._window_s:.0f} s")
+        digest = bytes.fromhex(content)
         try:
-            verify_signature(member.public_key, request_digest(method, path, ts, body), signature, what="request")
+            verify_signature(member.public_key, request_digest(method, path, ts, digest), signature, what="request")
         except (BadSignature, InvalidKey):
             raise Unauthenticated(f"request signature does not verify for member {name!r}") from None
         now = self._clock()
@@ -67,4 +101,4 @@ class RequestAuthenticator:
         if signature in self._seen:
             raise Unauthenticated("request replayed: this signed request was already accepted")
         self._seen[signature] = now
-        return member
+        return member, BodyDigest(digest)

@@ -15,12 +15,7 @@ import httpx
 import numpy as np
 import torch
 
-import caltrain.attestation.errors
 import caltrain.crypto.errors
-import caltrain.enclave.consortium
-import caltrain.enclave.errors
-import caltrain.inference.errors
-import caltrain.training.errors
 from caltrain.accountability.linkage import LinkageProof, verify_linkage_proof
 from caltrain.attestation import Evidence, Policy, VerifiedEnclave, Verifier
 from caltrain.attestation.backends.simulated import parse_quote
@@ -55,15 +50,18 @@ from caltrain.enclave.wire import (
     from_json,
     to_json,
 )
-from caltrain.errors import CaltrainError, ServiceError, TrainingError, error_class
+from caltrain.errors import CaltrainError, EnclaveUnavailable, ServiceError, TrainingError, error_class
 from caltrain.service.auth import sign_request
+from caltrain.service.errors import ServerUnreachable
 from caltrain.service.participant import MemberHome
 from caltrain.training.config import TrainConfig
+from caltrain.training.core import check_spec
+from caltrain.training.errors import JobRefused
 
 R = TypeVar("R", bound=Message)
 
 # Headers of a dataset upload (the container itself is the body).
-MEMBER_HEADER, REQUEST_ID_HEADER, SIGNATURE_HEADER = "x-caltrain-member", "x-caltrain-request-id", "x-caltrain-auth"
+REQUEST_ID_HEADER, SIGNATURE_HEADER = "x-caltrain-request-id", "x-caltrain-auth"
 WRAPPED_KEY_HEADER, POLICY_HEADER = "x-caltrain-wrapped-key", "x-caltrain-data-policy"
 
 
@@ -134,7 +132,7 @@ class CaltrainClient:
         try:
             response = self._http.request(method, path, content=body, headers=headers)
         except httpx.HTTPError as exc:
-            raise ServiceError(f"cannot reach {self._http.base_url}: {exc}") from None
+            raise ServerUnreachable(f"cannot reach {self._http.base_url}: {exc}") from None
         if response.is_success:
             return response.json()
         try:
@@ -213,7 +211,7 @@ class CaltrainClient:
             enclave,
         )
         headers = {
-            MEMBER_HEADER: msg.auth.member,
+            **sign_request(home.identity, home.name, "POST", "/v1/datasets", container),
             REQUEST_ID_HEADER: msg.auth.request_id,
             SIGNATURE_HEADER: msg.auth.signature,
             WRAPPED_KEY_HEADER: base64.b64encode(wrapped).decode(),
@@ -223,8 +221,20 @@ class CaltrainClient:
         out = self.request("POST", "/v1/datasets", body=container, headers=headers)
         return self._signed_answer(msg, _signed_reply(out), enclave, DatasetReceipt), enclave
 
+    def check_config(self, config: TrainConfig) -> None:
+        """Refuse, before any job exists, a config the enclave would refuse for its shape: an unknown model, a
+        cut out of range, a model that does not take the ingested records' shape, datasets not ingested."""
+        datasets = {d["dataset_id"]: d for d in self.status()["datasets"]}
+        named = list(config.datasets) + list(config.eval_datasets)
+        missing = [d for d in named if d not in datasets]
+        if missing:
+            raise JobRefused(f"dataset {missing[0]!r} has not been ingested; the server has {sorted(datasets)}")
+        shapes = {tuple(d["schema"].get("shape", ())) for i, d in datasets.items() if not named or i in named}
+        check_spec(config, shapes.pop() if len(shapes) == 1 else None)
+
     def start_job(self, config: TrainConfig, attestation: Policy) -> JobCreated:
         """Ask the enclave to admit a job; it answers, signed, with the job id it drew and what it admitted."""
+        self.check_config(config)
         enclave = self.attest(Verifier(attestation))
         created, _ = self.call_signed("/v1/jobs", CreateJob(spec=config.to_dict(), auth=UNSIGNED), JobCreated,
                                       enclave)
@@ -238,21 +248,29 @@ class CaltrainClient:
         result: list[dict[str, Any]] = self.request("GET", "/v1/jobs", signed=True)
         return result
 
+    def cancel_job(self, job_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = self.request("POST", f"/v1/jobs/{job_id}/cancel", signed=True)
+        return result
+
     def wait_job(
         self, job_id: str, *, poll_s: float = 0.5, on_progress: Callable[[dict[str, Any]], None] | None = None
     ) -> dict[str, Any]:
-        """Poll until the job is done or failed, reporting each new epoch."""
-        reported = 0
+        """Poll until the job is done, failed or cancelled, reporting each new epoch; through server restarts."""
+        reported: set[int] = set()
         while True:
-            job = self.job(job_id)
-            for epoch in job["progress"][reported:]:
-                if on_progress:
+            try:
+                job = self.job(job_id)
+            except (EnclaveUnavailable, ServerUnreachable):  # restarting: ask again
+                time.sleep(max(poll_s, 1.0))
+                continue
+            for epoch in job["progress"]:
+                if epoch.get("epoch") not in reported and on_progress:
                     on_progress(epoch)
-            reported = len(job["progress"])
+                reported.add(epoch.get("epoch"))
             if job["state"] == "done":
                 return job
-            if job["state"] == "failed":
-                raise TrainingError(f"job {job_id} failed: {job['error']}")
+            if job["state"] in ("failed", "cancelled"):
+                raise TrainingError(f"job {job_id} {job['state']}" + (f": {job['error']}" if job["error"] else ""))
             time.sleep(poll_s)
 
     def verified_result(self, job: dict[str, Any], enclave: AttestedEnclave) -> dict[str, Any]:
@@ -274,7 +292,7 @@ class CaltrainClient:
         try:
             response = self._http.get(path, headers=headers)
         except httpx.HTTPError as exc:
-            raise ServiceError(f"cannot reach {self._http.base_url}: {exc}") from None
+            raise ServerUnreachable(f"cannot reach {self._http.base_url}: {exc}") from None
         if not response.is_success:
             raise ServiceError(f"BackNet of {job_id}: HTTP {response.status_code} {response.text[:200]}")
         state: dict[str, torch.Tensor] = torch.load(io.BytesIO(response.content), weights_only=True)
@@ -287,6 +305,14 @@ class CaltrainClient:
                                   enclave)
         assert isinstance(answer.reply, Exported)
         return answer.reply
+
+    def trained_model(self, job_id: str, attestation: Policy) -> tuple[TrainConfig, dict[str, torch.Tensor], int]:
+        """A finished job's whole model: its public spec, its weights (the FrontNet sealed to this member by the
+        enclave, the BackNet from the host) and its seed."""
+        exported = self.export_model(job_id, attestation)
+        front: dict[str, torch.Tensor] = torch.load(io.BytesIO(exported.front_state), weights_only=True)
+        config = TrainConfig.from_dict(self.job(job_id)["config"])
+        return config, {**front, **self.backnet(job_id)}, exported.seed
 
     def trace(
         self,

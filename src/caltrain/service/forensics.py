@@ -5,19 +5,20 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 
 from caltrain.enclave.wire import SuspicionQuery, TraceQuery
+from caltrain.service.openapi import SEALED_BODY, SIGNED
 from caltrain.service.state import forward_sealed
 
 router = APIRouter(prefix="/v1/jobs", tags=["accountability"])
 
 
-@router.post("/{job_id}/trace")
+@router.post("/{job_id}/trace", openapi_extra={**SEALED_BODY, **SIGNED})
 async def trace(request: Request, job_id: str) -> dict[str, str]:
     """Which training instances, and which contributors, are responsible for these mispredictions (a sealed
     `TraceQuery`; the enclave's signed report comes back sealed to the auditor)."""
     return await forward_sealed(request, TraceQuery)
 
 
-@router.post("/{job_id}/suspicion")
+@router.post("/{job_id}/suspicion", openapi_extra={**SEALED_BODY, **SIGNED})
 async def suspicion(request: Request, job_id: str) -> dict[str, str]:
     """Dataset-level detection: every training instance by suspicion (a sealed `SuspicionQuery`)."""
     return await forward_sealed(request, SuspicionQuery)

@@ -13,14 +13,16 @@ from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field, ValidationError
 
+from caltrain.enclave.consortium import Role
 from caltrain.enclave.wire import DeployModel, WireError, from_json, to_json
-from caltrain.inference.errors import BadRequest, RequestTooLarge
+from caltrain.inference.errors import BadRequest
 from caltrain.inference.serving import InferenceService
+from caltrain.jsonfile import validation_summary
+from caltrain.service.deployments import Deployments
+from caltrain.service.errors import JobNotFinished
 from caltrain.service.jobs import JobManager
-from caltrain.service.state import server
-
-MAX_INFER_BYTES = 1 << 20
-MAX_DEPLOY_BYTES = 256 << 20
+from caltrain.service.openapi import SIGNED, json_body
+from caltrain.service.state import authenticated, server
 
 router = APIRouter(prefix="/v1", tags=["inference"])
 B = TypeVar("B", bound=BaseModel)
@@ -82,23 +84,12 @@ def _b64(value: str, what: str) -> bytes:
         raise BadRequest(f"{what} is not valid base64") from None
 
 
-def _body_schema(model: type[BaseModel]) -> dict[str, Any]:
-    """OpenAPI for a body the route parses itself (size limit first, then typed errors, never a bare 422)."""
-    return {"requestBody": {"required": True, "content": {"application/json": {"schema": model.model_json_schema()}}}}
-
-
-async def _parse(request: Request, model: type[B], limit: int) -> B:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise RequestTooLarge(f"body of {declared} bytes; the limit is {limit}")
-    body = await request.body()
-    if len(body) > limit:
-        raise RequestTooLarge(f"body of {len(body)} bytes; the limit is {limit}")
+def _parse(body: bytes, model: type[B]) -> B:
+    """A JSON body (already read within the route's limit) as `model`, or a typed `BadRequest`."""
     try:
         return model.model_validate_json(body)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors())
-        raise BadRequest(f"malformed {model.__name__}: {problems}") from None
+        raise BadRequest(f"malformed {model.__name__}: {validation_summary(exc)}") from None
 
 
 def inference(request: Request) -> InferenceService:
@@ -114,11 +105,13 @@ def _load_state(raw: bytes, what: str) -> object:
         raise BadRequest(f"{what} is not a torch state_dict: {type(exc).__name__}") from None
 
 
-@router.post("/models", status_code=201, openapi_extra=_body_schema(DeployIn))
+@router.post("/models", status_code=201, openapi_extra={**json_body(DeployIn), **SIGNED})
 async def deploy(request: Request) -> dict[str, Any]:
     """Deploy a model for inference; the enclave checks the owner's signature, role and the datasets' consent.
-    The answer carries the enclave's signed deployment record."""
-    body = await _parse(request, DeployIn, MAX_DEPLOY_BYTES)
+    The answer carries the enclave's signed deployment record. The deployment survives restarts: the enclave
+    keeps what the owner authorized, sealed, and serves it again after it restarts."""
+    _, raw = await authenticated(request, frozenset({Role.OWNER}))
+    body = _parse(raw, DeployIn)
     try:
         msg = from_json(DeployModel, body.request)
     except WireError as exc:
@@ -127,12 +120,16 @@ async def deploy(request: Request) -> dict[str, Any]:
     if msg.job_id:
         jobs = server(request).extensions["jobs"]
         assert isinstance(jobs, JobManager)
-        if jobs.get(msg.job_id).state != "done" or body.backnet:
-            raise BadRequest(f"job {msg.job_id} is not done, or a BackNet was sent with it (the host has it)")
+        if body.backnet:
+            raise BadRequest(f"job {msg.job_id}'s BackNet is the host's: send none with it")
+        if jobs.get(msg.job_id).state != "done":
+            raise JobNotFinished(f"job {msg.job_id} is {jobs.get(msg.job_id).state}, not done")
         host_state = await run_in_threadpool(torch.load, jobs.backnet_path(msg.job_id), weights_only=True)
     else:
         host_state = _load_state(_b64(body.backnet, "backnet"), "backnet")
-    signed, info = await run_in_threadpool(inference(request).deploy, msg, host_state)
+    deployments = server(request).extensions["deployments"]
+    assert isinstance(deployments, Deployments)
+    signed, info = await run_in_threadpool(deployments.deploy, msg, host_state)
     return {"signed": to_json(signed), "model": ModelOut(**info.to_json()).model_dump()}
 
 
@@ -146,20 +143,22 @@ def model(request: Request, model_id: str) -> ModelOut:
     return ModelOut(**inference(request).get(model_id).info.to_json())
 
 
-@router.post("/sessions", status_code=201, response_model=SessionOut, openapi_extra=_body_schema(SessionIn))
+@router.post("/sessions", status_code=201, response_model=SessionOut, openapi_extra=json_body(SessionIn))
 async def open_session(request: Request) -> SessionOut:
-    """Open an inference session: a session key sealed to the attested enclave, used by many requests."""
-    body = await _parse(request, SessionIn, MAX_INFER_BYTES)
+    """Open an inference session: a session key sealed to the attested enclave, used by many requests.
+    Anonymous: no signature (inference users are not consortium members)."""
+    body = _parse(await request.body(), SessionIn)
     opened = await run_in_threadpool(
         inference(request).open_session, body.session_id, _b64(body.ciphertext, "ciphertext")
     )
     return SessionOut(session_id=opened.session_id, expires_in_s=opened.expires_in_s, max_requests=opened.max_requests)
 
 
-@router.post("/infer", response_model=InferOut, openapi_extra=_body_schema(InferIn))
+@router.post("/infer", response_model=InferOut, openapi_extra=json_body(InferIn))
 async def infer(request: Request) -> InferOut:
-    """One encrypted input in, its encrypted top-k out; batched with concurrent requests on the server."""
-    body = await _parse(request, InferIn, MAX_INFER_BYTES)
+    """One encrypted input in, its encrypted top-k out; batched with concurrent requests on the server.
+    Anonymous: no signature; the session key sealed to the enclave is what authenticates the request."""
+    body = _parse(await request.body(), InferIn)
     server = inference(request).get(body.model_id)
     future = server.submit(body.session_id, body.counter, body.top_k, _b64(body.ciphertext, "ciphertext"))
     answer = await asyncio.wrap_future(future)

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from caltrain.attestation import Policy, Verifier
+from caltrain.crypto.errors import IntegrityError
 from caltrain.enclave.authority import UNSIGNED
 from caltrain.enclave.wire import DeployModel, ModelDeployed, to_json
 from caltrain.inference.errors import BadRequest, UnknownSession
@@ -42,11 +43,14 @@ class InferenceClient:
     """Attests the enclave (fresh nonce, `policy`) on construction; every request then goes to that key only.
 
     The first request opens a session (one HPKE seal to the attested key); later ones are AES-GCM under its
-    key. A session that expired, ran out of requests or was evicted is replaced once, transparently.
+    key. A session that expired, ran out of requests or was evicted is replaced once, transparently; when the
+    enclave restarted meanwhile (the session key no longer opens), the new instance is attested under the same
+    policy first.
     """
 
     def __init__(self, server: str, policy: Policy, *, home: MemberHome | None = None) -> None:
         self.http = CaltrainClient(server, home=home, timeout=60.0)
+        self._policy = policy
         self.enclave: AttestedEnclave = self.http.attest(Verifier(policy))
         self._shapes: dict[str, tuple[int, ...]] = {}
         self._session: ClientSession | None = None
@@ -138,11 +142,18 @@ class InferenceClient:
     def _current_session(self) -> ClientSession:
         with self._session_lock:
             if self._session is None:
-                session = ClientSession(self.enclave.keys.hpke)
-                self._post("/v1/sessions", {"session_id": session.session_id,
-                                            "ciphertext": base64.b64encode(session.sealed).decode()})
-                self._session = session
+                try:
+                    self._session = self._open_session()
+                except IntegrityError:  # sealed to a key the enclave no longer holds: it restarted
+                    self.enclave = self.http.attest(Verifier(self._policy))
+                    self._session = self._open_session()
             return self._session
+
+    def _open_session(self) -> ClientSession:
+        session = ClientSession(self.enclave.keys.hpke)
+        self._post("/v1/sessions", {"session_id": session.session_id,
+                                    "ciphertext": base64.b64encode(session.sealed).decode()})
+        return session
 
     def _drop_session(self, stale: ClientSession) -> None:
         with self._session_lock:

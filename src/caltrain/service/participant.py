@@ -3,6 +3,7 @@ receipts, and the enclave each dataset was attested to."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -23,12 +24,9 @@ from caltrain.enclave.consortium import Member, Role
 from caltrain.enclave.wire import ForensicReply, SignedReply, from_json
 from caltrain.errors import CaltrainError
 from caltrain.models import ZOO
+from caltrain.service.errors import HomeError
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-
-
-class HomeError(CaltrainError):
-    """A member home is missing, incomplete, or would be overwritten."""
 
 
 def default_policy(dataset: ArrayDataset) -> DataUsePolicy:
@@ -52,14 +50,18 @@ class MemberHome:
         if (root / "identity.pem").exists() or (root / "encryption.key").exists():
             raise HomeError(f"{root} already holds an identity; refusing to overwrite it")
         identity, encryption = Identity.generate(), HpkeKeyPair.generate()
+        files = [root / "identity.pem", root / "encryption.key", root / "profile.json"]
         try:
             root.mkdir(parents=True, exist_ok=True)
-            identity.save(root / "identity.pem")
-            _write_private(root / "encryption.key", encryption.private_bytes())
+            identity.save(files[0])
+            _write_private(files[1], encryption.private_bytes())
             profile = {"name": name, "public_key": identity.public_key.hex(),
                        "encryption_key": encryption.public_bytes.hex()}
-            (root / "profile.json").write_text(json.dumps(profile) + "\n")
+            files[2].write_text(json.dumps(profile) + "\n")
         except OSError as exc:
+            for path in files:  # none of them existed: leave no half home behind
+                with contextlib.suppress(OSError):
+                    path.unlink()
             raise HomeError(f"cannot create a home in {root}: {exc.strerror or exc}") from None
         return cls(root, name, identity, encryption)
 
@@ -105,10 +107,21 @@ class MemberHome:
         )
         header, signature = read_header(container)
         receipt = receipt_for(header, signature)
-        _write_private(self._key_path(dataset_id), data_key)
-        _atomic_write(self._receipt_path(dataset_id), receipt.to_json().encode())
-        _atomic_write(self.policy_path(dataset_id), json.dumps(default_policy(dataset).to_dict(), indent=2).encode())
-        _atomic_write(out, container)
+        written: list[Path] = []
+        try:  # each file appears whole or not at all, none replaces one that exists; on a failure none stays
+            for path, data in (
+                (out, container),
+                (self._key_path(dataset_id), data_key),
+                (self._receipt_path(dataset_id), receipt.to_json().encode()),
+                (self.policy_path(dataset_id), json.dumps(default_policy(dataset).to_dict(), indent=2).encode()),
+            ):
+                _publish_new(path, data)
+                written.append(path)
+        except OSError as exc:
+            for path in written:
+                path.unlink(missing_ok=True)
+            raise HomeError(f"cannot write {exc.filename or out}: {exc.strerror or exc}; nothing was written") \
+                from None
         return receipt
 
     def policy_path(self, dataset_id: str) -> Path:
@@ -192,6 +205,22 @@ class MemberHome:
             return Receipt.from_json(self._receipt_path(dataset_id).read_text())
         except OSError:
             raise HomeError(f"no receipt for dataset {dataset_id!r} in {self.root}: not packed here") from None
+
+
+def _publish_new(path: Path, data: bytes) -> None:
+    """Write a new file (owner-only) through a temporary one, then link it into place: a crash leaves no torn
+    file, and an existing file is never replaced (`FileExistsError`)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.link(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _write_private(path: Path, data: bytes) -> None:

@@ -3,6 +3,9 @@
 The host is a courier: a member's request to the enclave travels as the wire message the member signed (JSON,
 `caltrain.enclave.wire.to_json`), or sealed to the enclave, and the enclave decides. The checks here mirror the
 enclave's (same function, same consortium) only to refuse early; they are a courtesy, never the protection.
+
+Who asks is judged from the headers before any body is read; bodies are read only within their route's limit
+(`caltrain.service.limits`), and must then hash to the digest the member signed.
 """
 
 from __future__ import annotations
@@ -23,9 +26,9 @@ from caltrain.enclave.host import EnclaveHost
 from caltrain.enclave.wire import ROUTES, Members, Message, SealedReply, SealedRequest, WireError, from_json, to_json
 from caltrain.errors import ServiceError
 from caltrain.service.auth import RequestAuthenticator
+from caltrain.service.store import ServerStore
 
 M = TypeVar("M", bound=Message)
-MAX_JSON_BYTES = 64 << 20
 
 
 @dataclass
@@ -34,6 +37,7 @@ class ServerState:
     consortium: Consortium
     auth: RequestAuthenticator
     state_dir: Path
+    store: ServerStore
     extensions: dict[str, Any] = field(default_factory=dict)
 
     def courtesy_check(self, msg: Message) -> Member:
@@ -51,28 +55,35 @@ def _reject_constant(name: str) -> None:
     raise ValueError(f"{name} is not a number JSON allows")
 
 
-async def json_body(request: Request, limit: int = MAX_JSON_BYTES) -> Any:
-    """The request body as strict JSON (UTF-8, no NaN or infinity), or a `ServiceError` naming what is wrong."""
-    body = await request.body()
-    if len(body) > limit:
-        raise ServiceError(f"body of {len(body)} bytes; the limit is {limit}")
+def parse_json(body: bytes) -> Any:
+    """A body as strict JSON (UTF-8, no NaN or infinity), or a `ServiceError` naming what is wrong."""
     try:
         return json.loads(body.decode("utf-8"), parse_constant=_reject_constant)
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise ServiceError(f"body must be JSON: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ServiceError(f"body must be UTF-8 JSON: byte {exc.start} is not UTF-8") from None
+    except (ValueError, RecursionError) as exc:
+        raise ServiceError(f"body must be JSON: {str(exc)[:200]}") from None
 
 
-async def authenticated(request: Request, roles: frozenset[Any] | None = None) -> Member:
-    """The consortium member who signed this HTTP request (holding one of `roles`, if given), or an `AuthError`."""
-    body = await request.body()
+async def authenticated(request: Request, roles: frozenset[Any] | None = None) -> tuple[Member, bytes]:
+    """The consortium member who signed this HTTP request (holding one of `roles`, if given), judged from its
+    headers before the body is read, and the body, once it hashed to the signed digest."""
     path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-    return server(request).auth.authenticate(request.method, path, request.headers, body, roles=roles)
+    member, digest = server(request).auth.authenticate(request.method, path, request.headers, roles=roles)
+    body = await request.body()
+    digest.update(body)
+    digest.check()
+    return member, body
 
 
 async def member_request(request: Request, cls: type[M]) -> M:
-    """A member's signed request from the JSON body, checked early as a courtesy."""
+    """A member's request to the enclave: the HTTP request signed by a member the route admits, its JSON body the
+    wire message the member signed for the enclave; checked early as a courtesy."""
+    sender = ROUTES[cls].sender
+    assert isinstance(sender, Members)
+    _, body = await authenticated(request, sender.roles)
     try:
-        msg = from_json(cls, await json_body(request))
+        msg = from_json(cls, parse_json(body))
     except WireError as exc:
         raise ServiceError(f"malformed {cls.__name__}: {exc}") from None
     server(request).courtesy_check(msg)
@@ -87,8 +98,8 @@ async def forward_sealed(request: Request, inner: type[Message]) -> dict[str, st
     """
     sender = ROUTES[inner].sender
     assert isinstance(sender, Members)
-    await authenticated(request, sender.roles)
-    body = await json_body(request)
+    _, raw = await authenticated(request, sender.roles)
+    body = parse_json(raw)
     try:
         ciphertext = base64.b64decode(body["sealed"], validate=True)
     except (KeyError, TypeError, binascii.Error, ValueError):

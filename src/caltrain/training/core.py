@@ -17,8 +17,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from caltrain.errors import TrainingError
-from caltrain.models import Partition, attach_generator, partition, resolve_model
+from caltrain.models import ModelSpec, Partition, attach_generator, partition, resolve_model
 from caltrain.training.config import TrainConfig
+from caltrain.training.errors import JobRefused
 
 Half = Literal["front", "back"]
 
@@ -83,6 +84,20 @@ def build_split(config: TrainConfig) -> tuple[nn.Module, Partition]:
     partition at `frontnet_layers`."""
     model = resolve_model(config.model).build(config.seed)
     return model, partition(model, config.frontnet_layers)
+
+
+def check_spec(config: TrainConfig, record_shape: tuple[int, ...] | None) -> ModelSpec:
+    """The job's model spec, once the job spec is shown to make sense: train and evaluation datasets disjoint,
+    records of `record_shape` fit the model (the spec itself and the cut's range were checked when the config
+    parsed). `JobRefused` names what is wrong. Clients run it before asking the enclave, which runs it again."""
+    overlap = sorted(set(config.datasets) & set(config.eval_datasets))
+    if overlap:
+        raise JobRefused(f"datasets {overlap} cannot both train and evaluate")
+    spec = resolve_model(config.model)
+    if record_shape is not None and tuple(record_shape) != tuple(spec.input_shape):
+        raise JobRefused(f"model {spec.name} takes {list(spec.input_shape)} inputs; the records are "
+                         f"{list(record_shape)}: pick a model built for that shape")
+    return spec
 
 
 def ir_shape(config: TrainConfig) -> tuple[int, ...]:

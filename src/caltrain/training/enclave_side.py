@@ -10,19 +10,22 @@ encrypted to a member the datasets' policies name.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import secrets
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 import numpy as np
 import torch
 
+from caltrain.crypto.errors import CryptoError
 from caltrain.crypto.hashing import tagged_hash
 from caltrain.enclave.consent import DataUsePolicy, check_grant, check_job_use
-from caltrain.enclave.consortium import DatasetSchema, Member
+from caltrain.enclave.consortium import Member
 from caltrain.enclave.datastore import IngestedDataset
+from caltrain.enclave.errors import SealedStateError
 from caltrain.enclave.ingest import datasets
 from caltrain.enclave.protocol import job_result_digest
 from caltrain.enclave.runtime import EnclaveContext, ecall, on_boot
@@ -36,7 +39,9 @@ from caltrain.enclave.wire import (
     ForwardOut,
     FrontBackward,
     FrontForward,
+    GetJobState,
     JobCreated,
+    JobState,
     StepsDone,
     TrainEnd,
     TrainReady,
@@ -45,11 +50,12 @@ from caltrain.enclave.wire import (
     TrainSteps,
 )
 from caltrain.errors import DataError, TrainingError
-from caltrain.models import ModelSpec, Partition, resolve_model
+from caltrain.models import Partition
 from caltrain.training.config import TrainConfig
 from caltrain.training.core import (
     build_split,
     check_data,
+    check_spec,
     dropout_seed,
     ir_shape,
     is_checkpoint_step,
@@ -95,7 +101,10 @@ class JobEntry:
     state: str = "admitted"  # admitted -> trained -> linked
     front_digest: str = ""
     back_digest: str = ""
-    log_id: str = ""
+    log_id: str = ""  # drawn (and sealed here) before the log is built, so a rebuild after a crash reuses it
+    steps: int = 0
+    statement: dict[str, Any] = field(default_factory=dict)  # the signed linkage statement: what a reloaded log
+    # must match, so a rolled-back log file is caught
 
     @property
     def config(self) -> TrainConfig:
@@ -154,26 +163,14 @@ def policies(ctx: EnclaveContext, dataset_ids: list[str]) -> dict[str, DataUsePo
     return {i: store.get(i).policy for i in dataset_ids}
 
 
-def _check_spec(config: TrainConfig, schema: DatasetSchema | None) -> ModelSpec:
-    """The job's model spec, once the job spec is shown to make sense; `JobRefused` otherwise. (The model spec
-    itself, and the cut's range, were checked when the job spec parsed.)"""
-    if config.seed is not None:
-        raise JobRefused("a job spec names no seed: initial weights and data order come from enclave randomness")
-    if set(config.datasets) & set(config.eval_datasets):
-        overlap = sorted(set(config.datasets) & set(config.eval_datasets))
-        raise JobRefused(f"datasets {overlap} cannot both train and evaluate")
-    spec = resolve_model(config.model)
-    if schema is not None and tuple(schema.shape) != tuple(spec.input_shape):
-        raise JobRefused(f"model {spec.name} takes {list(spec.input_shape)} inputs; the consortium's records are "
-                         f"{list(schema.shape)}")
-    return spec
-
-
 @ecall(CreateJob)
 def create_job(ctx: EnclaveContext, req: CreateJob, member: Member) -> JobCreated:
     """Admit an owner's job spec if every dataset's policy allows it; the enclave picks its id and seed."""
     config = TrainConfig.from_dict(req.spec)
-    spec = _check_spec(config, ctx.config.consortium.schema)
+    if config.seed is not None:
+        raise JobRefused("a job spec names no seed: initial weights and data order come from enclave randomness")
+    schema = ctx.config.consortium.schema
+    spec = check_spec(config, tuple(schema.shape) if schema is not None else None)
     store = datasets(ctx)
     eval_ids = list(config.eval_datasets)
     train_ids = list(config.datasets) or [i for i in store.datasets if i not in eval_ids]
@@ -239,10 +236,16 @@ class Job:
 
 
 def finished_job(ctx: EnclaveContext, job_id: str) -> Job:
-    """A job whose training ended: the enclave holds its whole model (FrontNet + the host's final BackNet)."""
-    job = ctx.extensions.get(MODELS, {}).get(job_id)
-    if not isinstance(job, Job):
+    """A job whose training ended: the enclave holds its whole model (FrontNet + the host's final BackNet),
+    reloaded from its sealed final model on first use after a restart."""
+    models = ctx.extensions.setdefault(MODELS, {})
+    job = models.get(job_id)
+    if isinstance(job, Job):
+        return job
+    entry = jobs(ctx).entries.get(job_id)
+    if entry is None or entry.state == "admitted":
         raise NoActiveJob(f"no finished job {job_id!r} in the enclave")
+    models[job_id] = job = restore_finished(ctx, entry)
     return job
 
 
@@ -457,20 +460,80 @@ def end(ctx: EnclaveContext, req: TrainEnd) -> TrainResult:
         except Exception as exc:  # whatever bytes the host sent: anything unloadable is refused, typed
             raise TrainingError(f"the BackNet sent for job {job.job_id} does not fit the model: {exc}") from None
     job.model.eval()
-    entry = jobs(ctx).get(job.job_id)
-    entry.state = "trained"
-    entry.front_digest = state_digest(job.part.front)
-    entry.back_digest = state_digest(job.part.back)
+    seal_final_model(ctx, job)  # before the registry says "trained": a trained job's model is always on disk
+    entry = dataclasses.replace(
+        jobs(ctx).get(job.job_id), state="trained", front_digest=state_digest(job.part.front),
+        back_digest=state_digest(job.part.back), steps=job.next_step,
+    )
     jobs(ctx).put(entry)
     ctx.extensions.setdefault(MODELS, {})[job.job_id] = job
     ctx.extensions.pop(JOB, None)
-    signature = ctx.identity.sign(job_result_digest(job.job_id, job.next_step, entry.front_digest, entry.back_digest))
     return TrainResult(
         job_id=job.job_id,
-        steps=job.next_step,
+        steps=entry.steps,
         front_digest=entry.front_digest,
         back_digest=entry.back_digest,
-        signature=signature,
+        signature=_result_signature(ctx, entry),
+    )
+
+
+def _result_signature(ctx: EnclaveContext, entry: JobEntry) -> bytes:
+    return ctx.identity.sign(job_result_digest(entry.job_id, entry.steps, entry.front_digest, entry.back_digest))
+
+
+# --- finished jobs across restarts -------------------------------------------------------------------------
+
+
+def _final_model(ctx: EnclaveContext, job_id: str) -> CountedState:
+    """Where a finished job's whole model (FrontNet + the host's final BackNet) is sealed. Written once, when the
+    job trains; the registry's digests, pinned by its counter, say which weights it must hold."""
+    path = _checkpoints(ctx, job_id).path.with_name("final.sealed")
+    return CountedState(path, label=f"final-model/{job_id}", counter=path.parent.name + "-final",
+                        sealer=ctx.sealer, counters=ctx.counters)
+
+
+def seal_final_model(ctx: EnclaveContext, job: Job) -> None:
+    buf = io.BytesIO()
+    torch.save({"front": job.part.front.state_dict(), "back": job.part.back.state_dict()}, buf)
+    _final_model(ctx, job.job_id).save(buf.getvalue())
+
+
+def restore_finished(ctx: EnclaveContext, entry: JobEntry) -> Job:
+    """A finished job as TrainEnd left it, rebuilt after a restart from its datasets and sealed final model; the
+    weights must have the digests the registry recorded when it trained."""
+    config = entry.config
+    store = datasets(ctx)
+    sources = [store.get(i) for i in config.datasets]
+    x, y = stack_datasets(sources)
+    model, part = build_split(config)
+    try:
+        raw = _final_model(ctx, entry.job_id).load()
+        if raw is None:
+            raise SealedStateError(f"job {entry.job_id} finished but its sealed final model is missing")
+        state = torch.load(io.BytesIO(raw), weights_only=True)
+        part.front.load_state_dict(state["front"], strict=True)
+        part.back.load_state_dict(state["back"], strict=True)
+    except (CryptoError, RuntimeError, ValueError, KeyError, TypeError) as exc:
+        raise SealedStateError(f"the sealed final model of job {entry.job_id} does not load: {exc}") from None
+    if (state_digest(part.front), state_digest(part.back)) != (entry.front_digest, entry.back_digest):
+        raise SealedStateError(f"the sealed final model of job {entry.job_id} is not the one it trained")
+    model.eval()
+    return Job(
+        job_id=entry.job_id, config=config, sources=sources, x=x, y=y, eval_x=x[:0], eval_y=y[:0], part=part,
+        model=model, optimizer=make_optimizer(list(model.parameters()), config), full_enclave=part.full_enclave,
+        ir=None, grad=None, labels=None, checkpoints=_checkpoints(ctx, entry.job_id), next_step=entry.steps,
+    )
+
+
+@ecall(GetJobState)
+def job_state(ctx: EnclaveContext, req: GetJobState) -> JobState:
+    """What the host was already answered about this job (digests, signed result, signed statement)."""
+    entry = jobs(ctx).get(req.job_id)
+    trained = entry.state != "admitted"
+    return JobState(
+        job_id=entry.job_id, state=entry.state, steps=entry.steps, front_digest=entry.front_digest,
+        back_digest=entry.back_digest, signature=_result_signature(ctx, entry) if trained else b"",
+        statement=entry.statement,
     )
 
 

@@ -5,10 +5,6 @@ from __future__ import annotations
 from caltrain.errors import TrainingError
 
 
-class CheckpointRollback(TrainingError):
-    """A sealed checkpoint is older than the platform counter says the newest is (rolled back)."""
-
-
 class StepOutOfOrder(TrainingError):
     """The host asked for a step other than the next one: the enclave runs steps strictly in order."""
 

@@ -33,6 +33,7 @@ from caltrain.training.config import TrainConfig
 from caltrain.training.core import (
     build_split,
     ir_shape,
+    is_checkpoint_step,
     loss_fn,
     make_optimizer,
     seed_dropout,
@@ -77,6 +78,7 @@ class PartitionedTrainer:
         self.boundary_seconds = 0.0
         self.result: TrainResult | None = None
         self._ready: tuple[int, str] | None = None  # a train IR already in shared memory: batch size, layout
+        self._steps_per_epoch = 0
 
     def _back_optimizer(self) -> torch.optim.Optimizer:
         if self.optimizer is None:
@@ -124,6 +126,7 @@ class PartitionedTrainer:
             ),
             TrainReady,
         )
+        self._steps_per_epoch = ready.steps_per_epoch
         if ready.full_enclave:
             return ready
         self.back_stream = ready.back_dropout_seed
@@ -156,13 +159,20 @@ class PartitionedTrainer:
         # Read everything that lives in shared memory now: the enclave's next forward overwrites IR and labels.
         stats = loss.item(), int((logits.argmax(1) == labels).sum()), n
         msg = FrontBackward(step=step, forward_next=forward_next, grad_layout=grad_layout)
+        checkpoint = is_checkpoint_step(step + 1, self._steps_per_epoch, self.config)
+        if checkpoint:  # saved before the enclave seals its own: whatever step it resumes at, the host has too
+            self._back_optimizer().step()
+            self._save_back(step + 1)
         started = time.perf_counter()
         with self.enclave.calling(msg, BackwardOut) as reply:
-            self._back_optimizer().step()  # the BackNet update overlaps the FrontNet's (and the next forward)
+            if not checkpoint:
+                self._back_optimizer().step()  # the BackNet update overlaps the FrontNet's (and the next forward)
             done = reply()
         self.boundary_seconds += time.perf_counter() - started
-        if done.checkpointed:
-            self._save_back(step + 1)
+        if done.checkpointed != checkpoint:
+            said = "sealed" if done.checkpointed else "did not seal"
+            raise TrainingError(f"job {self.job_id}: the enclave {said} a checkpoint at step {step + 1}, unlike the "
+                                "schedule both follow")
         self._ready = (done.next_batch, done.next_layout) if done.next_batch else None
         return stats
 
