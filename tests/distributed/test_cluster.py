@@ -62,7 +62,7 @@ def test_two_workers_train_the_reference_and_trace_through_both(deployment: Depl
     assert run.attempts == 1 and [e["epoch"] for e in epochs] == [1, 2] and epochs[-1]["eval_accuracy"] is not None
     assert_reference(deployment, job_id, spec, run)
     ciphertext, msg = deployment.sealed_trace(job_id, load_dataset("digits")[1].x[:4], k=3)
-    report = deployment.open_answer(two.trace(job_id, spec, ciphertext), msg)
+    report = deployment.open_answer(two.trace(job_id, ciphertext), msg)
     assert report["statement"] == run.linkage.statement
     for answer in report["answers"]:  # type: ignore[attr-defined]
         assert len(answer["records"]) == 3

@@ -38,6 +38,7 @@ from caltrain.service import forensics, inference, ingestion, training
 from caltrain.service.auth import RequestAuthenticator
 from caltrain.service.jobs import JobManager, UnknownJob
 from caltrain.service.state import ServerState
+from caltrain.training.cluster import Cluster, ClusterConfig
 from caltrain.training.errors import NoActiveJob
 
 log = logging.getLogger("caltrain.server")
@@ -77,8 +78,10 @@ def create_app(
     device: str = "cpu",
     enclave: EnclaveHost | None = None,
     batching: BatchingConfig | None = None,
+    workers: ClusterConfig | None = None,
 ) -> FastAPI:
-    """Build the app; the enclave starts with the app (lifespan) and stops with it."""
+    """Build the app; the enclave (and, with `workers`, the worker processes) start with the app (lifespan) and
+    stop with it."""
     host = enclave or EnclaveHost(state_dir=state_dir, config=EnclaveConfig(consortium), backend=backend)
 
     @asynccontextmanager
@@ -88,13 +91,20 @@ def create_app(
             log.warning("SIMULATED TEE backend: the enclave is an ordinary process; no hardware protection")
         log.info("enclave ready: platform=%s measurement=%s", ready.platform, ready.measurement)
         app.state.server = ServerState(host, consortium, RequestAuthenticator(consortium), state_dir)
-        jobs = app.state.server.extensions["jobs"] = JobManager(host, state_dir, device)
+        cluster = app.state.server.extensions["cluster"] = Cluster(host, workers) if workers else None
+        if cluster is not None:
+            cluster.start()
+            log.info("%d workers; jobs train on them. Workers on this machine: %s", cluster.config.world,
+                     " ".join(cluster.launch_command()))
+        jobs = app.state.server.extensions["jobs"] = JobManager(host, state_dir, device, cluster)
         service = app.state.server.extensions["inference"] = InferenceService(host, batching)
         try:
             yield
         finally:
             jobs.close()
             service.close()
+            if cluster is not None:
+                cluster.stop()
             host.stop()
 
     app = FastAPI(

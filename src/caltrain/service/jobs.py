@@ -17,6 +17,7 @@ import torch
 from caltrain.enclave.host import EnclaveHost
 from caltrain.enclave.wire import BuildLinkage, CreateJob, JobCreated, LinkageBuilt, SignedReply
 from caltrain.errors import CaltrainError, ServiceError
+from caltrain.training.cluster import Cluster
 from caltrain.training.config import TrainConfig
 from caltrain.training.partitioned import PartitionedTrainer
 
@@ -66,10 +67,13 @@ class JobManager:
     """Admits jobs through the enclave and runs them one at a time, first come first served (the enclave is one
     process); keeps every job's record."""
 
-    def __init__(self, enclave: EnclaveHost, state_dir: Path, device: str = "cpu") -> None:
+    def __init__(
+        self, enclave: EnclaveHost, state_dir: Path, device: str = "cpu", cluster: Cluster | None = None
+    ) -> None:
         self._enclave = enclave
         self._dir = state_dir / "jobs"
         self._device = device
+        self._cluster = cluster  # with workers, every job trains on them (caltrain.training.cluster)
         self.jobs: dict[str, JobRecord] = {}
         self._queue: queue.Queue[JobRecord | None] = queue.Queue()
         self._worker = threading.Thread(target=self._work, name="caltrain-jobs", daemon=True)
@@ -102,12 +106,29 @@ class JobManager:
         while (job := self._queue.get()) is not None:
             self._run(job)
 
+    def _run_on_workers(self, job: JobRecord, cluster: Cluster) -> None:
+        run = cluster.train(job.job_id, job.config, progress=job.progress.append)
+        self.backnet_path(job.job_id).parent.mkdir(parents=True, exist_ok=True)
+        self.backnet_path(job.job_id).write_bytes(run.backnet)
+        (self._dir / job.job_id / "report.json").write_text(json.dumps(run.report.to_dict(), indent=2))
+        r = run.result
+        job.result = {"steps": r.steps, "front_digest": r.front_digest, "back_digest": r.back_digest,
+                      "signature": r.signature.hex(), "workers": cluster.config.world, "attempts": run.attempts}
+        job.linkage = {"records": run.linkage.records, "seconds": run.linkage.seconds,
+                       "statement": run.linkage.statement}
+        job.state = "done"
+        log.info("job %s done on %d workers: final eval accuracy %s", job.job_id, cluster.config.world,
+                 run.report.final_accuracy)
+
     def _run(self, job: JobRecord) -> None:
         job.state = "running"
         log.info("job %s started (admitted for %s): %s", job.job_id, job.requested_by, job.config.to_dict())
         workdir = self._dir / job.job_id
         trainer = None
         try:
+            if self._cluster is not None:
+                self._run_on_workers(job, self._cluster)
+                return
             trainer = PartitionedTrainer(
                 self._enclave,
                 job.config,

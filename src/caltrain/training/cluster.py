@@ -118,6 +118,7 @@ class ClusterRun:
     report: TrainingReport
     result: TrainResult
     linkage: LinkageBuilt
+    backnet: bytes  # the final BackNet (torch state_dict), the hosts' anyway
     attempts: int
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -132,6 +133,7 @@ class Cluster:
         self._agent: subprocess.Popen[bytes] | None = None
         self._next: dict[str, int] = {}
         self._attached: dict[str, set[str]] = {}  # generation -> jobs whose shards it holds
+        self.jobs: dict[str, TrainConfig] = {}  # the jobs these workers trained, by id
 
     @property
     def control(self) -> str:
@@ -262,15 +264,17 @@ class Cluster:
                 ] * self.config.world, poll=poll)
                 poll()  # rank 0 reports its last epoch before it answers
                 trained = time.perf_counter()
-                result = self.leader.call(FinishCluster(job_id=job_id, backnet=base64.b64decode(replies[0]["backnet"]),
+                backnet = base64.b64decode(replies[0]["backnet"])
+                result = self.leader.call(FinishCluster(job_id=job_id, backnet=backnet,
                                                         sealed_front=base64.b64decode(replies[0]["sealed_front"])),
                                           TrainResult)
+                self.jobs[job_id] = config
                 linkage = self._link(gen, job_id)
                 report = TrainingReport(config, [EpochStats(**{k: e[k] for k in EPOCH_FIELDS}) for e in epochs],
                                         result.front_digest)
                 timings = {"admit_s": admitted - started, "train_s": trained - admitted,
                            "link_s": time.perf_counter() - trained}
-                return ClusterRun(report, result, linkage, attempt, timings)
+                return ClusterRun(report, result, linkage, backnet, attempt, timings)
             except (WorkersRestarted, WorkerFailed) as exc:
                 log.warning("job %s attempt %d failed: %s; resuming from the newest common checkpoint", job_id,
                             attempt, exc)
@@ -284,10 +288,14 @@ class Cluster:
         self._attached.setdefault(gen, set()).add(job_id)
         return built
 
-    def attach(self, job_id: str, config: TrainConfig) -> str:
+    def holds(self, job_id: str) -> bool:
+        """Whether `job_id` trained on these workers (its linkage log is sharded over them)."""
+        return job_id in self.jobs
+
+    def attach(self, job_id: str) -> str:
         """Make the current generation hold `job_id`'s shards (after a restart: rejoin, reload the final
         checkpoint, recommit the same blocks, which the first enclave checks against its signed root)."""
-        gen = self.generation()
+        gen, config = self.generation(), self.jobs[job_id]
         if job_id not in self._attached.get(gen, set()):
             joined = self._admit(gen, job_id, self.micro_batch(config))
             final = max(set.intersection(*(set(j["checkpoints"]) for j in joined)) or {0})
@@ -296,10 +304,10 @@ class Cluster:
             self._link(gen, job_id)
         return gen
 
-    def trace(self, job_id: str, config: TrainConfig, ciphertext: bytes) -> bytes:
+    def trace(self, job_id: str, ciphertext: bytes) -> bytes:
         """An auditor's sealed `TraceQuery` of a sharded job: fan out to every worker, merge in the first enclave;
         returns the sealed answer (for the auditor only)."""
-        gen = self.attach(job_id, config)
+        gen = self.attach(job_id)
         plan = self.leader.call(FanOutTrace(ciphertext=ciphertext), TracePlan)
         payload = {"job_id": job_id, "plan": base64.b64encode(plan.plan).decode()}
         for reply in self.command(gen, "trace", [payload] * self.config.world):
