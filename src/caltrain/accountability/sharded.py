@@ -131,6 +131,7 @@ class ShardLog:
     bits: int
     records: list[LinkageRecord]
     blocks: list[MerkleTree]
+    fingerprints: np.ndarray  # the records' fingerprints, one row each
     index: FingerprintIndex | None
 
     def path(self, position: int) -> tuple[bytes, ...]:
@@ -139,24 +140,30 @@ class ShardLog:
         return self.blocks[offset >> self.bits].proof(offset & ((1 << self.bits) - 1)).path
 
     def search(self, query: np.ndarray, label: int, k: int) -> list[tuple[float, int]]:
-        """The k best (score, position) among this shard's records with `label`: exact float64 scores, ties by
-        position; faiss narrows the candidates, widened until no record outside them can still rank."""
-        if self.index is None or label not in self.index.labels:
+        """The k best (score, position) among this shard's records with `label`."""
+        if self.index is None:
             return []
-        q = np.ascontiguousarray(query, dtype=np.float32)
-        slack = 2.0 * self.index.dim * 2.0**-23  # float32 error bound of a unit inner product
-        m = k + 32
-        while True:
-            dist, pos = self.index.search(q[None, :], m, label)
-            found = pos[0][pos[0] >= 0]
-            exact = [(self._score(q, int(p)), int(p)) for p in found]
-            best = sorted(exact, key=lambda sp: (-sp[0], sp[1]))[:k]
-            if len(found) < m or (len(best) == k and 1.0 - float(dist[0][m - 1]) + slack < best[-1][0]):
-                return [(score, self.start + p) for score, p in best]
-            m *= 4
+        return [(score, self.start + p) for score, p in best_k(self.index, self.fingerprints, query, label, k)]
 
-    def _score(self, query: np.ndarray, local: int) -> float:
-        return float((self.records[local].fingerprint.astype(np.float64) * query.astype(np.float64)).sum())
+
+def best_k(index: FingerprintIndex, fingerprints: np.ndarray, query: np.ndarray, label: int,
+           k: int) -> list[tuple[float, int]]:
+    """The k best (score, row) among `fingerprints` rows with `label`: exact float64 inner products (so a score
+    does not depend on which shard computed it), ties by row; faiss narrows the candidates and is asked for more
+    until no row outside them can still rank."""
+    if label not in index.labels:
+        return []
+    q = np.ascontiguousarray(query, dtype=np.float32)
+    slack = 2.0 * index.dim * 2.0**-23  # float32 error bound of a unit inner product
+    m = k + 32
+    while True:
+        dist, pos = index.search(q[None, :], m, label)
+        found = pos[0][pos[0] >= 0]
+        scores = (fingerprints[found].astype(np.float64) * q.astype(np.float64)).sum(axis=1)
+        best = sorted(zip(scores.tolist(), found.tolist(), strict=True), key=lambda sp: (-sp[0], sp[1]))[:k]
+        if len(found) < m or (len(best) == k and 1.0 - float(dist[0][m - 1]) + slack < best[-1][0]):
+            return best
+        m *= 4
 
 
 def shard_log(ctx: EnclaveContext, job_id: str) -> ShardLog:
@@ -189,10 +196,9 @@ def shard_linkage(ctx: EnclaveContext, req: ShardLinkage) -> ShardLinked:
         ]
         records += block
         blocks.append(MerkleTree([r.leaf() for r in block]))
-    index = None
-    if records:
-        index = FingerprintIndex(np.stack([r.fingerprint for r in records]), np.array([r.label for r in records]))
-    ctx.extensions.setdefault(LOGS, {})[req.job_id] = ShardLog(start, bits, records, blocks, index)
+    fingerprints = np.stack([r.fingerprint for r in records]) if records else np.zeros((0, 1), np.float32)
+    index = FingerprintIndex(fingerprints, np.array([r.label for r in records])) if records else None
+    ctx.extensions.setdefault(LOGS, {})[req.job_id] = ShardLog(start, bits, records, blocks, fingerprints, index)
     body = {
         "job_id": req.job_id, "rank": joined.rank, "world": joined.world, "start": start, "end": end,
         "block_bits": bits, "nodes": [b.root.hex() for b in blocks], "model_hash": model_hash(job.model).hex(),

@@ -28,6 +28,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -69,7 +70,7 @@ from caltrain.training.plain import EpochStats, Progress, TrainingReport
 
 log = logging.getLogger("caltrain.cluster")
 
-POLL_S = 0.05
+POLL_S = (0.001, 0.05)  # polling the control store: first interval, doubling up to the last
 COLLECTIVE_TIMEOUT = datetime.timedelta(seconds=120)
 SIMULATED_PLATFORM_FILES = ("platform_key.pem", "sealing_secret")
 EPOCH_FIELDS = ("epoch", "loss", "train_accuracy", "eval_accuracy", "seconds", "samples_per_s")
@@ -121,6 +122,7 @@ class ClusterRun:
     backnet: bytes  # the final BackNet (torch state_dict), the hosts' anyway
     attempts: int
     timings: dict[str, float] = field(default_factory=dict)
+    counters: list[dict[str, float]] = field(default_factory=list)  # per rank, the last attempt's (ShardTrainer)
 
 
 class Cluster:
@@ -169,17 +171,17 @@ class Cluster:
 
     def generation(self, *, after: str = "", timeout_s: float = 600.0) -> str:
         """The token of the current generation of workers (another than `after`), once all of them registered."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.store.check(["generation"]) and json.loads(self.store.get("generation"))["token"] != after:
-                gen = json.loads(self.store.get("generation"))
-                if gen["world"] != self.config.world:
-                    raise TrainingError(f"{gen['world']} workers registered; the cluster is for {self.config.world}")
-                return str(gen["token"])
+        def registered() -> bool:
             if self._agent is not None and self._agent.poll() is not None:
                 raise TrainingError(f"the worker launcher exited with code {self._agent.returncode}")
-            time.sleep(POLL_S)
-        raise TrainingError(f"the workers did not all register within {timeout_s:.0f} s")
+            return self.store.check(["generation"]) and json.loads(self.store.get("generation"))["token"] != after
+
+        if not wait_for(registered, time.monotonic() + timeout_s):
+            raise TrainingError(f"the workers did not all register within {timeout_s:.0f} s")
+        gen = json.loads(self.store.get("generation"))
+        if gen["world"] != self.config.world:
+            raise TrainingError(f"{gen['world']} workers registered; the cluster is for {self.config.world}")
+        return str(gen["token"])
 
     def workers(self, gen: str) -> list[dict[str, Any]]:
         """What each worker of generation `gen` registered (rank order): its pid and its enclave's."""
@@ -196,19 +198,22 @@ class Cluster:
         """Post one command to every worker of `gen` and collect their answers (rank order)."""
         index = self._post(gen, kind, per_rank)
         keys = [f"gen/{gen}/reply/{index}/{r}" for r in range(self.config.world)]
-        replies: list[dict[str, Any] | None] = [None] * len(keys)
-        while any(r is None for r in replies):
+        replies: dict[int, dict[str, Any]] = {}
+
+        def answered() -> bool:
             for r, key in enumerate(keys):
-                if replies[r] is None and self.store.check([key]):
+                if r not in replies and self.store.check([key]):
                     replies[r] = json.loads(self.store.get(key))
-                    if "error" in replies[r]:  # type: ignore[operator]
-                        raise WorkerFailed(f"worker {r}: {replies[r]['error']}")  # type: ignore[index]
+                    if "error" in replies[r]:
+                        raise WorkerFailed(f"worker {r}: {replies[r]['error']}")
             if json.loads(self.store.get("generation"))["token"] != gen:
                 raise WorkersRestarted(f"the workers restarted during {kind!r}")
             if poll is not None:
                 poll()
-            time.sleep(POLL_S)
-        return replies  # type: ignore[return-value]
+            return len(replies) == len(keys)
+
+        wait_for(answered)
+        return [replies[r] for r in range(len(keys))]
 
     def micro_batch(self, config: TrainConfig) -> int:
         return self.config.micro_batch or max(1, config.batch_size // 8)
@@ -274,7 +279,7 @@ class Cluster:
                                         result.front_digest)
                 timings = {"admit_s": admitted - started, "train_s": trained - admitted,
                            "link_s": time.perf_counter() - trained}
-                return ClusterRun(report, result, linkage, backnet, attempt, timings)
+                return ClusterRun(report, result, linkage, backnet, attempt, timings, [r["counters"] for r in replies])
             except (WorkersRestarted, WorkerFailed) as exc:
                 log.warning("job %s attempt %d failed: %s; resuming from the newest common checkpoint", job_id,
                             attempt, exc)
@@ -370,11 +375,9 @@ class Worker:
                                           on_step=lambda step: self.control.set(f"step/{job_id}", str(step)))
         finally:
             trainer.close()
-        assert result is not None
-        backnet = trainer.backnet_bytes()
         return {"steps": result.steps, "front_digest": result.front_digest,
                 "sealed_front": base64.b64encode(result.sealed_front).decode(),
-                "backnet": base64.b64encode(backnet).decode()}
+                "backnet": base64.b64encode(trainer.backnet_bytes()).decode(), "counters": trainer.counters}
 
     def link(self, cmd: dict[str, Any]) -> dict[str, Any]:
         return {"shard": self.enclave.call(ShardLinkage(job_id=cmd["job_id"]), ShardLinked).shard}
@@ -391,8 +394,7 @@ class Worker:
         index = 0
         while True:
             key = f"gen/{self.token}/cmd/{index}"
-            while not self.control.check([key]):
-                time.sleep(POLL_S)
+            wait_for(partial(self.control.check, [key]))
             cmd = json.loads(self.control.get(key))
             kind, payload = cmd["kind"], cmd["ranks"][self.rank]
             if kind == "stop":
@@ -404,6 +406,18 @@ class Worker:
                 if kind == "train" or not isinstance(exc, CaltrainError):
                     raise
             index += 1
+
+
+def wait_for(ready: Callable[[], bool], deadline: float = float("inf")) -> bool:
+    """Poll `ready` (a control-store lookup) until it holds, 1 ms apart at first, backing off to 50 ms; False at
+    `deadline` (time.monotonic)."""
+    interval = POLL_S[0]
+    while not ready():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(interval)
+        interval = min(2 * interval, POLL_S[1])
+    return True
 
 
 def _process_group(device: str) -> None:

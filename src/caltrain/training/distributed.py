@@ -18,7 +18,8 @@ import io
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -58,7 +59,11 @@ class FixedPointSync:
     def __init__(self, group: dist.ProcessGroup | None) -> None:
         self.group = group
         self.pending: dict[torch.Tensor, torch.Tensor] = {}
-        self.payload_bytes = 0  # int64 bytes handed to all-reduce since the counter was last read
+        self.payload_bytes = 0  # int64 bytes handed to all-reduce since `take_payload` last read them
+
+    def take_payload(self) -> int:
+        taken, self.payload_bytes = self.payload_bytes, 0
+        return taken
 
     def accumulate(self, params: list[torch.nn.Parameter]) -> None:
         """Move the micro-batch gradient now in `.grad` into the fixed-point sum."""
@@ -67,6 +72,15 @@ class FixedPointSync:
                 q = quantize(p.grad)
                 self.pending[p] = self.pending[p] + q if p in self.pending else q
                 p.grad = None
+
+
+def _written_bytes() -> int:
+    """Bytes this process has passed to write-like system calls (sockets included); 0 where Linux's /proc is not."""
+    try:
+        with open("/proc/self/io") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("wchar:"))
+    except (OSError, StopIteration):
+        return 0
 
 
 def fixed_point_hook(state: FixedPointSync, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
@@ -102,9 +116,8 @@ class ShardTrainer(PartitionedTrainer):
         self.sums = SharedTensor.create(sum(p.numel() for p in trained.parameters()) + TAGS, "int64")
         self.sync = FixedPointSync(group)
         self.ddp: DistributedDataParallel | None = None
-        self.front_payload_bytes = 0
-        self.mask_seconds = 0.0  # the enclave's share of ShardAggregate + ShardApply (masking, unmasking, checks)
         self.total_records = 0
+        self.counters = {"steps": 0, "payload_bytes": 0, "wire_bytes": 0, "allreduce_s": 0.0, "mask_s": 0.0}
 
     def close(self) -> None:
         super().close()
@@ -164,22 +177,34 @@ class ShardTrainer(PartitionedTrainer):
                 self._call(ShardBackward(step=step, micro=micro, grad_layout=layout), Ok)
                 self.sync.accumulate(list(self.back.parameters()))
             empty = torch.zeros((0, *self.ir_shape), device=self.device)
-            (self.ddp(empty).sum() * 0.0).backward()  # DDP's all-reduce of the summed BackNet gradient
+            with self._collective(self.sync.take_payload):
+                (self.ddp(empty).sum() * 0.0).backward()  # DDP's all-reduce of the summed BackNet gradient
             self._back_optimizer().step()
         started = time.perf_counter()
         agg = self._call(ShardAggregate(step=step), Aggregate)
-        self.mask_seconds += time.perf_counter() - started
         contribution = self.sums.view((agg.size,))
         total = contribution.clone().to(self.device)
-        self.front_payload_bytes += total.numel() * total.element_size()
-        dist.all_reduce(total, group=self.group)
+        aggregated = time.perf_counter()
+        with self._collective(lambda: total.numel() * total.element_size()):
+            dist.all_reduce(total, group=self.group)
         contribution.copy_(total.cpu())
-        started = time.perf_counter()
+        reduced = time.perf_counter()
         done = self._call(ShardApply(step=step), StepsDone)
-        self.mask_seconds += time.perf_counter() - started
+        self.counters["mask_s"] += aggregated - started + time.perf_counter() - reduced
+        self.counters["steps"] += 1
         if done.checkpointed and self.ddp is not None:
             self._save_back(step + 1)
         return loss_sum, correct, seen
+
+    @contextmanager
+    def _collective(self, payload: Callable[[], int]) -> Iterator[None]:
+        """Count what one collective hands the all-reduce and what this process wrote to its sockets meanwhile
+        (Linux `wchar`: gloo's sends; nothing else runs during it)."""
+        written, started = _written_bytes(), time.perf_counter()
+        yield
+        self.counters["allreduce_s"] += time.perf_counter() - started
+        self.counters["wire_bytes"] += _written_bytes() - written
+        self.counters["payload_bytes"] += payload()
 
     def _epoch_totals(self, loss_sum: float, correct: int, seen: int) -> tuple[float, int, int]:
         totals = torch.tensor([loss_sum, float(correct), float(seen)], dtype=torch.float64, device=self.device)
