@@ -46,7 +46,7 @@ from caltrain.enclave.wire import (
     WorkerGrant,
 )
 from caltrain.models import build_model, candidate_cuts
-from caltrain.training.aggregation import TAGS
+from caltrain.training.aggregation import MODULUS, TAGS, dequantize
 from caltrain.training.cluster import SIMULATED_PLATFORM_FILES
 from caltrain.training.config import TrainConfig
 from caltrain.training.distributed import train_reference
@@ -195,3 +195,20 @@ class FullEnclaveHosts:
         for s in self.slots:
             s.unlink()
 
+
+
+def assert_uncorrelated(seen: list[torch.Tensor], truth: list[torch.Tensor]) -> None:
+    """Each int64 vector a host holds, decoded as fixed point without the job key, against the true fixed-point
+    values it carries: no correlation, while the same decoding of the truth is the truth (a leak would show)."""
+
+    def decode(values: torch.Tensor) -> torch.Tensor:
+        v = values % MODULUS
+        return dequantize(torch.where(v >= MODULUS // 2, v - MODULUS, v))
+
+    def correlation(a: torch.Tensor, b: torch.Tensor) -> float:
+        return float(torch.corrcoef(torch.stack([a.double(), b.double()]))[0, 1])
+
+    for held, true in zip(seen, truth, strict=True):
+        limit = 5 / len(true) ** 0.5
+        assert abs(correlation(decode(held[: len(true)]), dequantize(true))) < limit, "the hosts see the gradient"
+        assert correlation(decode(true), dequantize(true)) > 0.999

@@ -39,11 +39,11 @@ from caltrain.enclave.wire import (
     TracePlan,
     TraceShard,
 )
-from caltrain.training.aggregation import MODULUS, AggregateTampered, dequantize, quantize
+from caltrain.training.aggregation import AggregateTampered, quantize
 from caltrain.training.config import TrainConfig
 from caltrain.training.core import build_split, loss_fn, training_batch
 from caltrain.training.errors import StepOutOfOrder
-from tests.distributed.conftest import Deployment, FullEnclaveHosts, admit, full_enclave_config
+from tests.distributed.conftest import Deployment, FullEnclaveHosts, admit, assert_uncorrelated, full_enclave_config
 
 MICRO = 16
 
@@ -97,20 +97,7 @@ def test_what_the_hosts_all_reduce_is_not_the_gradient(deployment: Deployment, t
         truth.append(total)
     step, contributions, total = trained.hosts.seen[0]
     assert step == 0
-    size = len(truth[0])
-
-    def host_decode(values: torch.Tensor) -> torch.Tensor:
-        v = values[:size] % MODULUS
-        return dequantize(torch.where(v >= MODULUS // 2, v - MODULUS, v))
-
-    def corr(a: torch.Tensor, b: torch.Tensor) -> float:
-        return float(torch.corrcoef(torch.stack([a.double(), b.double()]))[0, 1])
-
-    limit = 5 / size**0.5
-    for seen, true in zip(contributions, truth, strict=True):
-        assert abs(corr(host_decode(seen), dequantize(true))) < limit
-    assert abs(corr(host_decode(total), dequantize(truth[0] + truth[1]))) < limit
-    assert corr(host_decode(truth[0] + truth[1]), dequantize(truth[0] + truth[1])) > 0.999  # a leak would show
+    assert_uncorrelated([*contributions, total], [*truth, truth[0] + truth[1]])
 
 
 def test_steps_run_in_order_and_an_altered_sum_changes_nothing(deployment: Deployment) -> None:

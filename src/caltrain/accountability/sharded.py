@@ -211,7 +211,7 @@ def shard_linkage(ctx: EnclaveContext, req: ShardLinkage) -> ShardLinked:
 
 def holds_log(ctx: EnclaveContext, job_id: str) -> bool:
     """Whether this (first) enclave signed a sharded log for `job_id`."""
-    found = plans(ctx).plans.get(job_id)
+    found = plans(ctx).entries.get(job_id)
     return found is not None and bool(found.log)
 
 

@@ -56,8 +56,10 @@ def own_evidence(ctx: EnclaveContext, nonce: bytes) -> Evidence:
     return Evidence(ctx.platform, quote, keys, nonce, supporting)
 
 
-def encode_supporting(evidence: Evidence) -> dict[str, str]:
-    return {k: base64.b64encode(v).decode() for k, v in evidence.supporting.items()}
+def evidence_fields(evidence: Evidence) -> dict[str, Any]:
+    """Evidence as the wire's peer messages carry it (platform, quote, supporting data in base64, keys)."""
+    return {"platform": evidence.platform, "quote": evidence.quote, "keys": evidence.enclave_public_key,
+            "supporting": {k: base64.b64encode(v).decode() for k, v in evidence.supporting.items()}}
 
 
 def decode_supporting(supporting: dict[str, str]) -> dict[str, bytes]:

@@ -19,9 +19,8 @@ counter-pinned slots, so that after a crash all workers can resume from the newe
 from __future__ import annotations
 
 import io
-import json
 import secrets
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -37,7 +36,7 @@ from caltrain.enclave.ingest import datasets
 from caltrain.enclave.peers import (
     PeerVerifier,
     decode_supporting,
-    encode_supporting,
+    evidence_fields,
     grant_context,
     open_grant,
     own_evidence,
@@ -45,7 +44,7 @@ from caltrain.enclave.peers import (
 )
 from caltrain.enclave.protocol import EnclaveKeys, job_result_digest
 from caltrain.enclave.runtime import EnclaveContext, ecall, on_boot
-from caltrain.enclave.sealed_state import CountedState
+from caltrain.enclave.sealed_state import CountedState, SealedTable
 from caltrain.enclave.shm import SharedTensor
 from caltrain.enclave.wire import (
     AcceptGrant,
@@ -79,7 +78,6 @@ from caltrain.training.core import (
     build_split,
     is_checkpoint_step,
     loss_fn,
-    make_optimizer,
     state_digest,
     training_batch,
 )
@@ -87,12 +85,16 @@ from caltrain.training.enclave_side import (
     EVAL_BATCH,
     MODELS,
     Job,
+    SlotPaths,
     _checkpoints,
     _state_bytes,
+    build_job,
+    eval_forward,
+    hand_over,
     jobs,
+    load_backnet,
     load_checkpoint,
     save_checkpoint,
-    stack_datasets,
 )
 from caltrain.training.errors import JobRefused, NoActiveJob, StepOutOfOrder
 
@@ -126,32 +128,19 @@ class ClusterPlan:
         return bytes.fromhex(self.job_key)
 
 
-class ClusterRegistry:
+class ClusterRegistry(SealedTable[ClusterPlan]):
     """Every plan this enclave made, sealed and counter-pinned like the job registry."""
-
-    def __init__(self, state: CountedState, plans: dict[str, ClusterPlan]) -> None:
-        self._state, self.plans = state, plans
 
     @classmethod
     def load(cls, ctx: EnclaveContext) -> ClusterRegistry:
-        state = CountedState(
-            ctx.state_dir / "clusters.sealed", label="cluster-plans/v1", counter="cluster-plans",
-            sealer=ctx.sealer, counters=ctx.counters,
-        )
-        raw = state.load()
-        plans = {p["job_id"]: ClusterPlan(**p) for p in json.loads(raw)} if raw is not None else {}
-        return cls(state, plans)
+        state = CountedState(ctx.state_dir / "clusters.sealed", label="cluster-plans/v1", counter="cluster-plans",
+                             sealer=ctx.sealer, counters=ctx.counters)
+        return cls(state, ClusterPlan)
 
     def get(self, job_id: str) -> ClusterPlan:
-        try:
-            return self.plans[job_id]
-        except KeyError:
-            raise NoActiveJob(f"job {job_id!r} was not opened for workers in this enclave") from None
-
-    def put(self, plan: ClusterPlan) -> None:
-        plans = {**self.plans, plan.job_id: plan}
-        self._state.save(json.dumps([asdict(p) for p in plans.values()]).encode())
-        self.plans = plans
+        if job_id not in self.entries:
+            raise NoActiveJob(f"job {job_id!r} was not opened for workers in this enclave")
+        return self.entries[job_id]
 
 
 @on_boot
@@ -248,9 +237,7 @@ def admit_worker(ctx: EnclaveContext, req: AdmitWorker) -> WorkerGrant:
         "eval_datasets": [store.entry(i) for i in config.eval_datasets],
     }
     grant = seal_grant(ctx, payload, recipient=keys, context=grant_context(req.job_id, req.rank, found.world))
-    mine = own_evidence(ctx, req.nonce)
-    return WorkerGrant(platform=mine.platform, quote=mine.quote, supporting=encode_supporting(mine),
-                       keys=mine.enclave_public_key, grant=grant)
+    return WorkerGrant(**evidence_fields(own_evidence(ctx, req.nonce)), grant=grant)
 
 
 # --- a worker enclave ------------------------------------------------------------------------------------
@@ -272,9 +259,7 @@ def join_cluster(ctx: EnclaveContext, req: JoinCluster) -> PeerEvidence:
     verifier = PeerVerifier(ctx)
     nonce = verifier.issue()
     ctx.extensions.setdefault(JOINS, {})[req.job_id] = PendingJoin(req.rank, req.world_size, nonce, verifier)
-    mine = own_evidence(ctx, req.leader_nonce)
-    return PeerEvidence(platform=mine.platform, quote=mine.quote, supporting=encode_supporting(mine),
-                        keys=mine.enclave_public_key, nonce=nonce)
+    return PeerEvidence(**evidence_fields(own_evidence(ctx, req.leader_nonce)), nonce=nonce)
 
 
 @dataclass
@@ -389,27 +374,12 @@ def shard_start(ctx: EnclaveContext, req: ShardStart) -> ShardReady:
     joined = shard(ctx, req.job_id)
     if joined.finished:
         raise StepOutOfOrder(f"job {req.job_id} finished training in this worker")
-    config = joined.config
-    x, y = stack_datasets(joined.sources)
-    eval_x, eval_y = stack_datasets(joined.eval_sources) if joined.eval_sources else (x[:0], y[:0])
-    model, part = build_split(config)
-    model.train()
-    full = part.full_enclave
-    ir_shape = list(model(x[:1]).shape[1:]) if full else list(part.front(x[:1]).shape[1:])
-    slots: tuple[SharedTensor | None, ...] = (None, None, None)
-    if not full:
-        slots = (
-            SharedTensor(req.ir_path, req.slot_capacity, "float32"),
-            SharedTensor(req.grad_path, req.slot_capacity, "float32"),
-            SharedTensor(req.label_path, max(joined.micro_batch, EVAL_BATCH), "int64"),
-        )
-    params = list((model if full else part.front).parameters())
-    job = Job(
-        job_id=req.job_id, config=config, sources=joined.sources, x=x, y=y, eval_x=eval_x, eval_y=eval_y,
-        part=part, model=model, optimizer=make_optimizer(params, config), full_enclave=full,
-        ir=slots[0], grad=slots[1], labels=slots[2], checkpoints=joined.slots[0],
-    )
-    backnet = b"" if full else _state_bytes(part.back)
+    slots = SlotPaths(req.ir_path, req.grad_path, req.label_path, req.slot_capacity,
+                      max(joined.micro_batch, EVAL_BATCH))
+    job, ir_shape = build_job(req.job_id, joined.config, joined.sources, joined.eval_sources, joined.slots[0], slots)
+    full = job.full_enclave
+    params = list((job.model if full else job.part.front).parameters())
+    backnet = b"" if full else _state_bytes(job.part.back)
     held = _checkpoint_steps(joined.slots)
     if held:
         if req.resume_step not in held:
@@ -426,7 +396,7 @@ def shard_start(ctx: EnclaveContext, req: ShardStart) -> ShardReady:
     joined.sums = SharedTensor(req.sum_path, secure.wire_size, "int64")
     _reset_step(joined)
     return ShardReady(
-        train_records=len(y), eval_records=0 if full else len(eval_y), steps_per_epoch=job.spe,
+        train_records=len(job.y), eval_records=0 if full else len(job.eval_y), steps_per_epoch=job.spe,
         total_steps=job.total_steps, next_step=job.next_step, ir_shape=ir_shape, full_enclave=full,
         backnet=backnet, sum_size=secure.wire_size,
     )
@@ -474,16 +444,13 @@ def _clear_grads(joined: Shard) -> None:
 def shard_forward(ctx: EnclaveContext, req: ShardForward) -> ForwardOut:
     joined = shard(ctx)
     job = joined.running()
-    ir_slot, _, label_slot = job.slots()
+    job.slots()  # full-enclave mode: nothing crosses
     _begin_step(joined, req.step)
     if joined.pending_micro >= 0 or joined.aggregated:
         raise StepOutOfOrder(f"micro-batch {joined.pending_micro} awaits its gradient; one at a time")
     xb, yb = _micro(joined, req.micro)
-    ir = job.part.front(xb)
-    job.pending, joined.pending_micro = ir, req.micro
-    layout = ir_slot.put(ir)
-    label_slot.view(yb.shape).copy_(yb)
-    return ForwardOut(batch=len(yb), layout=layout)
+    job.pending, joined.pending_micro = job.part.front(xb), req.micro
+    return hand_over(job, job.pending, yb)
 
 
 @ecall(ShardBackward)
@@ -560,31 +527,7 @@ def shard_apply(ctx: EnclaveContext, req: ShardApply) -> StepsDone:
 
 @ecall(ShardEval)
 def shard_eval(ctx: EnclaveContext, req: ShardEval) -> ForwardOut:
-    joined = shard(ctx)
-    job = joined.running()
-    ir_slot, _, label_slot = job.slots()
-    start_at = req.index * EVAL_BATCH
-    if not 0 <= start_at < len(job.eval_y):
-        raise StepOutOfOrder(f"eval batch {req.index} is out of range")
-    xb, yb = job.eval_x[start_at : start_at + EVAL_BATCH], job.eval_y[start_at : start_at + EVAL_BATCH]
-    job.part.front.eval()
-    with torch.no_grad():
-        ir = job.part.front(xb)
-    job.part.front.train()
-    layout = ir_slot.put(ir)
-    label_slot.view(yb.shape).copy_(yb)
-    return ForwardOut(batch=len(yb), layout=layout)
-
-
-def load_backnet(job: Job, backnet: bytes) -> None:
-    """The host's final BackNet into the job's model (it must come back exactly when the job was partitioned)."""
-    if job.full_enclave != (not backnet):
-        raise TrainingError(f"job {job.job_id}: a BackNet comes back exactly when the job was partitioned")
-    if backnet:
-        try:
-            job.part.back.load_state_dict(torch.load(io.BytesIO(backnet), weights_only=True), strict=True)
-        except Exception as exc:  # whatever bytes the host sent: anything unloadable is refused, typed
-            raise TrainingError(f"the BackNet sent for job {job.job_id} does not fit the model: {exc}") from None
+    return eval_forward(shard(ctx).running(), req.index)
 
 
 @ecall(ShardEnd)
@@ -623,14 +566,9 @@ def finish_cluster(ctx: EnclaveContext, req: FinishCluster) -> TrainResult:
         raise WorkerRefused(f"the FrontNet handed over for job {req.job_id} is not a worker's: {exc}") from None
     config = entry.config
     store = datasets(ctx)
-    sources = [store.get(i) for i in config.datasets]
-    x, y = stack_datasets(sources)
-    model, part = build_split(config)
-    job = Job(
-        job_id=req.job_id, config=config, sources=sources, x=x, y=y, eval_x=x[:0], eval_y=y[:0], part=part,
-        model=model, optimizer=make_optimizer(list(model.parameters()), config), full_enclave=part.full_enclave,
-        ir=None, grad=None, labels=None, checkpoints=_checkpoints(ctx, req.job_id),
-    )
+    job, _ = build_job(req.job_id, config, [store.get(i) for i in config.datasets], [],
+                       _checkpoints(ctx, req.job_id), None)
+    model, part = job.model, job.part
     try:
         (model if part.full_enclave else part.front).load_state_dict(state, strict=True)
     except RuntimeError as exc:
