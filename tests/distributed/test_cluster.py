@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import threading
 import time
@@ -18,8 +19,16 @@ import pytest
 
 from caltrain.accountability.linkage import LinkageProof, verify_linkage_proof
 from caltrain.data.datasets import load_dataset
+from caltrain.enclave.consortium import Consortium
+from caltrain.errors import TrainingError
 from caltrain.models import partition
-from caltrain.training.cluster import Cluster, ClusterConfig, ClusterRun
+from caltrain.training.cluster import (
+    SIMULATED_PLATFORM_FILES,
+    Cluster,
+    ClusterConfig,
+    ClusterRun,
+    WorkerNotAdmitted,
+)
 from caltrain.training.config import TrainConfig
 from caltrain.training.core import state_digest
 from tests.distributed.conftest import Deployment
@@ -100,3 +109,38 @@ def test_one_worker_trains_the_reference_too(deployment: Deployment, two: Cluste
     finally:
         one.stop()
 
+
+
+def test_a_job_whose_worker_is_not_one_of_ours_fails_and_says_why(deployment: Deployment) -> None:
+    """Workers serving another consortium (another measurement): the first enclave refuses them, no key moves,
+    the job fails naming the rank and the check."""
+    people = deployment.people
+    state = deployment.root / "strangers"
+    (state / "platform").mkdir(parents=True)
+    for name in SIMULATED_PLATFORM_FILES:  # on the deployment's platform
+        shutil.copyfile(deployment.root / "leader" / "platform" / name, state / "platform" / name)
+    other = state / "consortium.json"
+    other.write_bytes(Consortium((*people.consortium.members, people.outsider.member()),
+                                 people.consortium.schema).canonical_bytes())
+    stranger = Cluster(deployment.leader, ClusterConfig(state_dir=state, consortium=other, workers=1,
+                                                        micro_batch=MICRO))
+    stranger.start()
+    try:
+        job_id, spec = deployment.job(CONFIG)
+        with pytest.raises(WorkerNotAdmitted, match="worker 0 refused: MeasurementMismatch"):
+            stranger.train(job_id, spec)
+    finally:
+        stranger.stop()
+    # The stranger on one of our worker's sealed state: that state's sealing key is not its own; it cannot start,
+    # and the server hears why instead of waiting for it.
+    ours = deployment.worker("squatted/workers/local-0")
+    ours.stop()
+    shutil.copytree(state / "platform", deployment.root / "squatted" / "platform")
+    squatter = Cluster(deployment.leader, ClusterConfig(state_dir=deployment.root / "squatted", consortium=other,
+                                                        workers=1))
+    squatter.start()
+    try:
+        with pytest.raises(TrainingError, match="a worker cannot start: rank 0: SealingError"):
+            squatter.generation()
+    finally:
+        squatter.stop()

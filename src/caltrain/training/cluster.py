@@ -77,7 +77,11 @@ EPOCH_FIELDS = ("epoch", "loss", "train_accuracy", "eval_accuracy", "seconds", "
 
 
 class WorkersRestarted(TrainingError):
-    """A worker died and the elastic agent restarted the workers: the attempt is lost, the job resumes."""
+    """A worker died and the elastic agent restarts the workers: the attempt is lost, the job resumes."""
+
+    def __init__(self, message: str, generation: str) -> None:
+        super().__init__(message)
+        self.generation = generation  # the generation that is gone
 
 
 class WorkerFailed(TrainingError):
@@ -158,22 +162,31 @@ class Cluster:
             self._agent = subprocess.Popen(self.launch_command(), start_new_session=True, stdin=subprocess.DEVNULL)
 
     def stop(self) -> None:
-        """Ask the workers to stop (their agent then exits); kill the launcher's process group if they do not."""
-        if self._agent is not None and self._agent.poll() is None:
-            if self.store.check(["generation"]):
-                self._post(json.loads(self.store.get("generation"))["token"], "stop", [{}] * self.config.world)
+        """Ask the workers to stop (their agent then exits); if they do not, the agent is asked to stop them
+        (SIGTERM: it terminates its workers first), and killed last."""
+        agent, self._agent = self._agent, None
+        if agent is None or agent.poll() is not None:
+            return
+        signals: list[signal.Signals | None] = [signal.SIGTERM, signal.SIGKILL]
+        if self.store.check(["generation"]):  # workers that registered can be asked
+            self._post(json.loads(self.store.get("generation"))["token"], "stop", [{}] * self.config.world)
+            signals.insert(0, None)
+        for sig in signals:
+            if sig is not None:
+                os.killpg(agent.pid, sig)
             try:
-                self._agent.wait(timeout=30)
+                agent.wait(timeout=30)
+                return
             except subprocess.TimeoutExpired:
-                os.killpg(self._agent.pid, signal.SIGKILL)
-                self._agent.wait()
-        self._agent = None
+                continue
 
     def generation(self, *, after: str = "", timeout_s: float = 600.0) -> str:
         """The token of the current generation of workers (another than `after`), once all of them registered."""
         def registered() -> bool:
             if self._agent is not None and self._agent.poll() is not None:
                 raise TrainingError(f"the worker launcher exited with code {self._agent.returncode}")
+            if self.store.check(["boot-error"]):
+                raise TrainingError(f"a worker cannot start: {self.store.get('boot-error').decode()}")
             return self.store.check(["generation"]) and json.loads(self.store.get("generation"))["token"] != after
 
         if not wait_for(registered, time.monotonic() + timeout_s):
@@ -207,7 +220,7 @@ class Cluster:
                     if "error" in replies[r]:
                         raise WorkerFailed(f"worker {r}: {replies[r]['error']}")
             if json.loads(self.store.get("generation"))["token"] != gen:
-                raise WorkersRestarted(f"the workers restarted during {kind!r}")
+                raise WorkersRestarted(f"the workers restarted during {kind!r}", gen)
             if poll is not None:
                 poll()
             return len(replies) == len(keys)
@@ -252,39 +265,46 @@ class Cluster:
         return poll
 
     def train(self, job_id: str, config: TrainConfig, *, progress: Progress | None = None) -> ClusterRun:
-        """Train an admitted job on the workers, resuming after worker failures; merge its sharded linkage log."""
+        """Train an admitted job on the workers, resuming after worker failures; merge its sharded linkage log.
+
+        A worker that fails during training exits (its peers may be waiting in a collective) and the agent
+        restarts them all: the next attempt waits for that generation, re-admits it and resumes. A refusal
+        before training (attestation, a grant) is no failure a restart mends: it ends the job."""
         micro = self.micro_batch(config)
         epochs: list[dict[str, Any]] = []
-        last: CaltrainError | None = None
+        last: WorkersRestarted | None = None
         for attempt in range(1, self.config.max_attempts + 1):
-            gen = self.generation()
+            gen = self.generation(after=last.generation if last else "")
             try:
                 started = time.perf_counter()
                 joined = self._admit(gen, job_id, micro)
                 resume = max(set.intersection(*(set(j["checkpoints"]) for j in joined)) or {0})
                 admitted = time.perf_counter()
                 poll = self._progress_poller(job_id, epochs, progress)
-                replies = self.command(gen, "train", [
-                    {"job_id": job_id, "config": config.to_dict(), "micro_batch": micro, "resume_step": resume}
-                ] * self.config.world, poll=poll)
+                try:
+                    replies = self.command(gen, "train", [
+                        {"job_id": job_id, "config": config.to_dict(), "micro_batch": micro, "resume_step": resume}
+                    ] * self.config.world, poll=poll)
+                except WorkerFailed as exc:
+                    raise WorkersRestarted(f"{exc}; the workers restart", gen) from None
                 poll()  # rank 0 reports its last epoch before it answers
-                trained = time.perf_counter()
-                backnet = base64.b64decode(replies[0]["backnet"])
-                result = self.leader.call(FinishCluster(job_id=job_id, backnet=backnet,
-                                                        sealed_front=base64.b64decode(replies[0]["sealed_front"])),
-                                          TrainResult)
-                self.jobs[job_id] = config
-                linkage = self._link(gen, job_id)
-                report = TrainingReport(config, [EpochStats(**{k: e[k] for k in EPOCH_FIELDS}) for e in epochs],
-                                        result.front_digest)
-                timings = {"admit_s": admitted - started, "train_s": trained - admitted,
-                           "link_s": time.perf_counter() - trained}
-                return ClusterRun(report, result, linkage, backnet, attempt, timings, [r["counters"] for r in replies])
-            except (WorkersRestarted, WorkerFailed) as exc:
+            except WorkersRestarted as exc:
                 log.warning("job %s attempt %d failed: %s; resuming from the newest common checkpoint", job_id,
                             attempt, exc)
                 last = exc
-                self.generation(after=gen)  # a failed worker exits: wait for the agent's restart
+                continue
+            trained = time.perf_counter()
+            backnet = base64.b64decode(replies[0]["backnet"])
+            result = self.leader.call(FinishCluster(job_id=job_id, backnet=backnet,
+                                                    sealed_front=base64.b64decode(replies[0]["sealed_front"])),
+                                      TrainResult)
+            self.jobs[job_id] = config
+            linkage = self._link(gen, job_id)
+            report = TrainingReport(config, [EpochStats(**{k: e[k] for k in EPOCH_FIELDS}) for e in epochs],
+                                    result.front_digest)
+            timings = {"admit_s": admitted - started, "train_s": trained - admitted,
+                       "link_s": time.perf_counter() - trained}
+            return ClusterRun(report, result, linkage, backnet, attempt, timings, [r["counters"] for r in replies])
         raise TrainingError(f"job {job_id} failed {self.config.max_attempts} times; last: {last}")
 
     def _link(self, gen: str, job_id: str) -> LinkageBuilt:
@@ -450,11 +470,15 @@ def worker_main(argv: Sequence[str] | None = None) -> int:
         for name in SIMULATED_PLATFORM_FILES:
             if not (state / "platform" / name).exists():
                 shutil.copyfile(args.platform / name, state / "platform" / name)
-    enclave = EnclaveHost(state_dir=state, config=EnclaveConfig.from_consortium_file(args.consortium),
-                          backend=args.backend)
-    enclave.start()
     host, _, port = args.control.rpartition(":")
     control = dist.TCPStore(host, int(port), is_master=False, timeout=datetime.timedelta(seconds=60))
+    enclave = EnclaveHost(state_dir=state, config=EnclaveConfig.from_consortium_file(args.consortium),
+                          backend=args.backend)
+    try:
+        enclave.start()
+    except CaltrainError as exc:  # e.g. sealed state of other code: the server says why instead of waiting
+        control.set("boot-error", f"rank {rank}: {type(exc).__name__}: {exc}")
+        raise
     token = [secrets.token_hex(8) if rank == 0 else ""]
     dist.broadcast_object_list(token, src=0)
     control.set(f"gen/{token[0]}/rank/{rank}", json.dumps({"pid": os.getpid(), "enclave_pid": enclave.pid}))

@@ -275,6 +275,7 @@ class Shard:
     sources: list[IngestedDataset]
     eval_sources: list[IngestedDataset]
     slots: tuple[CountedState, CountedState]
+    held: dict[int, CountedState]  # the step each written slot holds
     job: Job | None = None
     secure: SecureSum | None = None
     sums: SharedTensor | None = None
@@ -335,6 +336,15 @@ def _checkpoint_steps(slots: tuple[CountedState, CountedState]) -> dict[int, Cou
     return held
 
 
+def _checkpoint(joined: Shard, job: Job) -> None:
+    """Seal the job's state into the slot not holding the newest checkpoint (an empty one first)."""
+    steps = {id(slot): step for step, slot in joined.held.items()}
+    job.checkpoints = min(joined.slots, key=lambda slot: steps.get(id(slot), -1))
+    save_checkpoint(job)
+    joined.held = {step: slot for step, slot in joined.held.items() if slot is not job.checkpoints}
+    joined.held[job.next_step] = job.checkpoints
+
+
 @ecall(AcceptGrant)
 def accept_grant(ctx: EnclaveContext, req: AcceptGrant) -> Joined:
     """Verify the first enclave's evidence (answering this worker's nonce), open the grant it signed and sealed
@@ -357,13 +367,14 @@ def accept_grant(ctx: EnclaveContext, req: AcceptGrant) -> Joined:
     except (KeyError, TypeError, ValueError) as exc:
         raise WorkerRefused(f"the grant is malformed: {exc!r}") from None
     slots = _slots(ctx, req.job_id)
-    joined = Shard(req.job_id, req.rank, pending.world, micro_batch, job_key, config, sources, eval_sources, slots)
+    joined = Shard(req.job_id, req.rank, pending.world, micro_batch, job_key, config, sources, eval_sources, slots,
+                   _checkpoint_steps(slots))
     ctx.extensions.setdefault(SHARDS, {})[req.job_id] = joined
     _, part = build_split(config.model_copy(update={"seed": 0}))
     return Joined(
         job_id=req.job_id, rank=req.rank, world_size=pending.world, micro_batch=micro_batch,
         full_enclave=part.full_enclave, train_records=sum(len(s.labels) for s in sources),
-        checkpoints=sorted(_checkpoint_steps(slots)),
+        checkpoints=sorted(joined.held),
     )
 
 
@@ -380,16 +391,15 @@ def shard_start(ctx: EnclaveContext, req: ShardStart) -> ShardReady:
     full = job.full_enclave
     params = list((job.model if full else job.part.front).parameters())
     backnet = b"" if full else _state_bytes(job.part.back)
-    held = _checkpoint_steps(joined.slots)
-    if held:
-        if req.resume_step not in held:
-            raise StepOutOfOrder(f"job {req.job_id} resumes from one of its sealed steps {sorted(held)}")
-        job.checkpoints = held[req.resume_step]
+    if joined.held:
+        if req.resume_step not in joined.held:
+            raise StepOutOfOrder(f"job {req.job_id} resumes from one of its sealed steps {sorted(joined.held)}")
+        job.checkpoints = joined.held[req.resume_step]
         load_checkpoint(job)
     elif req.resume_step != 0:
         raise StepOutOfOrder(f"job {req.job_id} has no checkpoint in this worker: it starts at step 0")
     else:
-        save_checkpoint(job)
+        _checkpoint(joined, job)
     secure = SecureSum(joined.job_key, rank=joined.rank, world=joined.world, size=sum(p.numel() for p in params))
     joined.job, joined.secure = job, secure
     ctx.extensions[ACTIVE] = req.job_id
@@ -519,9 +529,7 @@ def shard_apply(ctx: EnclaveContext, req: ShardApply) -> StepsDone:
     _reset_step(joined)
     checkpoint = is_checkpoint_step(job.next_step, job.spe, job.config)
     if checkpoint:
-        held = {id(s): step for step, s in _checkpoint_steps(joined.slots).items()}
-        job.checkpoints = min(joined.slots, key=lambda s: held.get(id(s), -1))  # overwrite the older slot
-        save_checkpoint(job)
+        _checkpoint(joined, job)
     return StepsDone(next_step=job.next_step, checkpointed=checkpoint)
 
 
