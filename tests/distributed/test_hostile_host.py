@@ -7,12 +7,17 @@ partial answer or trace plan is refused."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
+from caltrain.accountability.sharded import ShardInvalid
 from caltrain.attestation.errors import BadEvidenceSignature, KeyNotBound, MeasurementMismatch, NonceReused
 from caltrain.enclave.authority import UNSIGNED, seal_request
 from caltrain.enclave.consortium import Consortium
@@ -191,3 +196,61 @@ def test_forged_shards_answers_and_plans_are_refused(deployment: Deployment, hon
     assert plan.job_id == job_id
     with pytest.raises(Exception, match="trace plan"):
         honest[0].call(TraceShard(job_id=job_id, plan=plan.plan[:-1] + bytes([plan.plan[-1] ^ 1])), ShardHits)
+
+
+@settings(max_examples=25)
+@given(data=st.data())
+def test_a_grant_altered_anywhere_is_refused(deployment: Deployment, honest: list[EnclaveHost],
+                                             data: st.DataObject) -> None:
+    """Flip any bit of a sealed grant, or cut it: the worker refuses it, typed, and holds no job."""
+    job_id, _ = deployment.job(full_enclave_config())
+    nonce = opened(deployment, job_id, world=1).nonces[0]
+    grant = deployment.leader.call(admission(job_id, 0, join(honest[0], job_id, 0, nonce, world=1)), WorkerGrant)
+    blob = bytearray(grant.grant)
+    where = data.draw(st.integers(0, 2**32))  # a position whatever the grant's length (the seed's digits vary)
+    if data.draw(st.booleans()):
+        blob[where % len(blob)] ^= 1 << (where % 8)
+    else:
+        del blob[where % len(blob) :]
+    with pytest.raises(GrantRefused):
+        honest[0].call(acceptance(job_id, 0, dataclasses.replace(grant, grant=bytes(blob))), Joined)
+    refused_start(honest[0], job_id)
+
+
+@pytest.fixture(scope="module")
+def linked(deployment: Deployment, honest: list[EnclaveHost]) -> tuple[str, list[dict[str, Any]]]:
+    """A job trained by the honest workers, its sharded log merged: the shards as the workers signed them."""
+    job_id, spec = deployment.job(full_enclave_config(epochs=1, batch_size=280))
+    admit(deployment.leader, honest, job_id, 140)
+    hosts = FullEnclaveHosts(honest, job_id, spec)
+    hosts.run(deployment.leader)
+    hosts.close()
+    shards = [w.call(ShardLinkage(job_id=job_id), ShardLinked).shard for w in honest]
+    deployment.leader.call(MergeLinkage(job_id=job_id, shards=shards), LinkageBuilt)
+    return job_id, shards
+
+
+JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+                    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3),
+                    max_leaves=6)
+
+
+@settings(max_examples=40)
+@given(data=st.data())
+def test_a_shard_altered_anywhere_is_refused(deployment: Deployment, linked: tuple[str, list[dict[str, Any]]],
+                                             data: st.DataObject) -> None:
+    """Any field of a signed shard (its body or signature) replaced by any JSON value: refused as `ShardInvalid`,
+    never another error, and the signed root stays the job's."""
+    job_id, shards = linked
+    rank = data.draw(st.integers(0, len(shards) - 1))
+    doc = json.loads(json.dumps(shards[rank]))
+    if data.draw(st.booleans()):
+        field = data.draw(st.sampled_from(sorted(doc["body"])))
+        value = data.draw(JSON)
+        assume(value != doc["body"][field])
+        doc["body"][field] = value
+    else:
+        doc[data.draw(st.sampled_from(["body", "signature"]))] = data.draw(JSON)
+    forged = [*shards[:rank], doc, *shards[rank + 1 :]]
+    with pytest.raises(ShardInvalid):
+        deployment.leader.call(MergeLinkage(job_id=job_id, shards=forged), LinkageBuilt)

@@ -85,7 +85,8 @@ def _written_bytes() -> int:
 
 def fixed_point_hook(state: FixedPointSync, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
     buffer = bucket.buffer()
-    extra = torch.cat([state.pending.pop(p, torch.zeros(p.numel(), dtype=torch.int64)) for p in bucket.parameters()])
+    extra = torch.cat([state.pending.pop(p, torch.zeros(p.numel(), dtype=torch.int64, device=p.device))
+                       for p in bucket.parameters()])
     total = (quantize(buffer) + extra).to(buffer.device)
     state.payload_bytes += total.numel() * total.element_size()
     future = dist.all_reduce(total, group=state.group, async_op=True).get_future()
