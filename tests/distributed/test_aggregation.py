@@ -17,8 +17,6 @@ from caltrain.training.aggregation import (
     MICRO_BITS,
     MODULUS,
     TAG_PRIMES,
-    AggregateTampered,
-    FixedPointRange,
     SecureSum,
     dequantize,
     quantize,
@@ -26,6 +24,7 @@ from caltrain.training.aggregation import (
 from caltrain.training.config import TrainConfig
 from caltrain.training.core import build_split, loss_fn, training_batch
 from caltrain.training.distributed import train_reference
+from caltrain.training.errors import AggregateTampered, FixedPointRange
 from tests.distributed.conftest import assert_uncorrelated
 
 

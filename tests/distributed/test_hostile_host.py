@@ -17,12 +17,12 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from caltrain.accountability.sharded import ShardInvalid
+from caltrain.accountability.errors import ShardInvalid
 from caltrain.attestation.errors import BadEvidenceSignature, KeyNotBound, MeasurementMismatch, NonceReused
 from caltrain.enclave.authority import UNSIGNED, seal_request
 from caltrain.enclave.consortium import Consortium
+from caltrain.enclave.errors import GrantRefused
 from caltrain.enclave.host import EnclaveHost
-from caltrain.enclave.peers import GrantRefused
 from caltrain.enclave.shm import SharedTensor
 from caltrain.enclave.wire import (
     ClusterOpened,
@@ -50,8 +50,7 @@ from caltrain.enclave.wire import (
     WorkerGrant,
 )
 from caltrain.errors import AuthError
-from caltrain.training.enclave_distributed import WorkerRefused
-from caltrain.training.errors import JobRefused, NoActiveJob, StepOutOfOrder
+from caltrain.training.errors import JobRefused, NoActiveJob, StepOutOfOrder, WorkerRefused
 from tests.distributed.conftest import (
     Deployment,
     FullEnclaveHosts,

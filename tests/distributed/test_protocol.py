@@ -39,10 +39,10 @@ from caltrain.enclave.wire import (
     TracePlan,
     TraceShard,
 )
-from caltrain.training.aggregation import AggregateTampered, quantize
+from caltrain.training.aggregation import quantize
 from caltrain.training.config import TrainConfig
 from caltrain.training.core import build_split, loss_fn, training_batch
-from caltrain.training.errors import StepOutOfOrder
+from caltrain.training.errors import AggregateTampered, StepOutOfOrder
 from tests.distributed.conftest import Deployment, FullEnclaveHosts, admit, assert_uncorrelated, full_enclave_config
 
 MICRO = 16

@@ -33,7 +33,7 @@ import numpy as np
 
 from caltrain.accountability.attribution import Attribution, rank_contributors
 from caltrain.accountability.enclave_side import QueryRejected, _provenance, check_k, read_query
-from caltrain.accountability.errors import AccountabilityError, LinkageProofInvalid, LinkageTampered
+from caltrain.accountability.errors import AccountabilityError, LinkageProofInvalid, LinkageTampered, ShardInvalid
 from caltrain.accountability.fingerprints import compute_features, model_hash
 from caltrain.accountability.linkage import (
     LinkageProof,
@@ -83,8 +83,6 @@ _SHARD_TAG = "caltrain/linkage-shard/v1"
 _HITS_TAG = "caltrain/trace-shard/v1"
 
 
-class ShardInvalid(AccountabilityError):
-    """A worker's shard or partial answer is not what this job's workers sign, or does not fit the job."""
 
 
 def block_bits(records: int) -> int:

@@ -28,6 +28,7 @@ from caltrain.crypto.errors import BadSignature, CryptoError, InvalidKey
 from caltrain.crypto.hashing import report_data_for, tagged_hash
 from caltrain.crypto.hpke import seal_to
 from caltrain.crypto.signing import SIGNATURE_BYTES, verify_signature
+from caltrain.enclave.errors import GrantRefused
 from caltrain.enclave.protocol import EnclaveKeys
 from caltrain.enclave.runtime import EnclaveContext
 from caltrain.errors import AttestationError
@@ -35,8 +36,6 @@ from caltrain.errors import AttestationError
 _GRANT_TAG = "caltrain/peer-grant/v1"
 
 
-class GrantRefused(AttestationError):
-    """A peer grant does not open for this enclave, or is not signed by the enclave it came from."""
 
 
 def peer_policy(ctx: EnclaveContext) -> Policy:

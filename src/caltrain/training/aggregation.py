@@ -32,6 +32,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from caltrain.crypto.hashing import tagged_hash
 from caltrain.errors import TrainingError
+from caltrain.training.errors import AggregateTampered, FixedPointRange
 
 FRAC_BITS = 24
 MICRO_BITS = 36  # |one micro-batch's quantized element| < 2^36, i.e. |gradient| < 2^12
@@ -45,12 +46,8 @@ _SCALE = float(1 << FRAC_BITS)
 _MASK_STREAM = 0
 
 
-class FixedPointRange(TrainingError):
-    """A gradient element is NaN, infinite or too large for the fixed-point range: the step is refused."""
 
 
-class AggregateTampered(TrainingError):
-    """The all-reduced sum fails its range or MAC check: a host altered it, or handed over another step's."""
 
 
 def quantize(grad: torch.Tensor) -> torch.Tensor:

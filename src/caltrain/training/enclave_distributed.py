@@ -71,7 +71,6 @@ from caltrain.enclave.wire import (
     TrainResult,
     WorkerGrant,
 )
-from caltrain.errors import TrainingError
 from caltrain.training.aggregation import MAX_WORLD, SecureSum, dequantize, quantize
 from caltrain.training.config import TrainConfig
 from caltrain.training.core import (
@@ -96,7 +95,7 @@ from caltrain.training.enclave_side import (
     load_checkpoint,
     save_checkpoint,
 )
-from caltrain.training.errors import JobRefused, NoActiveJob, StepOutOfOrder
+from caltrain.training.errors import JobRefused, NoActiveJob, StepOutOfOrder, WorkerRefused
 
 CLUSTERS = "cluster-plans"  # first enclave: the sealed plans
 SESSIONS = "cluster-sessions"  # first enclave: this instance's admissions
@@ -106,8 +105,6 @@ ACTIVE = "cluster-active"  # worker: the job whose steps it runs now
 DISTRIBUTED = "distributed"  # a job's registry state while its workers train it
 
 
-class WorkerRefused(TrainingError):
-    """A worker, or a grant, is not part of this job as the first enclave opened it."""
 
 
 # --- the first enclave: plans, admissions ---------------------------------------------------------------
