@@ -5,6 +5,9 @@ shards and comes back with proofs `caltrain trace` checks; a participant checks 
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +15,7 @@ import pytest
 
 from caltrain.cli.main import main
 from caltrain.data.datasets import load_dataset
-from caltrain.service.loopback import LoopbackServer
+from caltrain.service.loopback import LoopbackServer, free_port
 from tests.distributed.conftest import BLOCKS
 
 
@@ -24,7 +27,10 @@ def run(capsys: pytest.CaptureFixture[str], *args: object) -> str:
 
 
 @pytest.mark.slow
-def test_serve_with_workers_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize("machines", [1, 2])
+def test_serve_with_workers_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str], machines: int) -> None:
+    """Two workers: both on the server's machine, or one there and one on a second "machine" (another state
+    directory, its own `caltrain serve --join`) joining through torchrun's c10d rendezvous on loopback."""
     train, test = load_dataset("digits")
     consortium = tmp_path / "consortium.json"
     for name, roles in (("alice", ["participant"]), ("bob", ["participant"]), ("audit", ["auditor", "owner"])):
@@ -39,8 +45,21 @@ def test_serve_with_workers_end_to_end(tmp_path: Path, capsys: pytest.CaptureFix
         np.savez(npz, x=(train.x[idx, 0] * 255).astype(np.uint8), y=train.y[idx])
         containers[name] = tmp_path / f"{name}.ctd"
         run(capsys, "pack", "--home", tmp_path / name, "--data", npz, "--out", containers[name], "--dataset-id", "d")
-    with LoopbackServer(tmp_path / "state", consortium, tmp_path / "server.log", extra_args=["--workers", "2"],
+    scale = ["--workers", "2"]
+    joiner = None
+    if machines == 2:
+        rdzv, control = f"127.0.0.1:{free_port()}", free_port()
+        scale = ["--workers", "1", "--world-size", "2", "--nnodes", "2", "--rdzv-endpoint", rdzv,
+                 "--control-port", str(control)]
+    with LoopbackServer(tmp_path / "state", consortium, tmp_path / "server.log", extra_args=scale,
                         timeout_s=120) as server:
+        if machines == 2:  # the second machine runs on the deployment's (simulated) platform
+            shutil.copytree(tmp_path / "state" / "platform", tmp_path / "second" / "platform")
+            joiner = subprocess.Popen(
+                [sys.executable, "-m", "caltrain", "serve", "--join", f"127.0.0.1:{control}", "--state",
+                 str(tmp_path / "second"), "--consortium", str(consortium), *scale],
+                stdout=(tmp_path / "second.log").open("wb"), stderr=subprocess.STDOUT,
+            )
         policy = tmp_path / "policy.json"
         run(capsys, "policy", "--server", server.url, "--out", policy)
         for name in ("alice", "bob"):
@@ -62,5 +81,7 @@ def test_serve_with_workers_end_to_end(tmp_path: Path, capsys: pytest.CaptureFix
         for name in ("alice", "bob"):
             run(capsys, "proofs", "verify", "--home", tmp_path / name, "--trace", tmp_path / "trace.json",
                 "--container", containers[name])
+    if joiner is not None:
+        joiner.wait(timeout=60)  # its workers stop with the server
     log = (tmp_path / "server.log").read_text()
     assert "done on 2 workers" in log

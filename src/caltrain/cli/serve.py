@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import logging
 import shlex
+import subprocess
 from pathlib import Path
 
 from caltrain.enclave.consortium import Consortium
+from caltrain.errors import CaltrainError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -45,6 +47,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     scale.add_argument("--control-port", type=int, default=0, help="port of the control store (default: any free)")
     scale.add_argument("--micro-batch", type=int, default=0,
                        help="records per gradient piece (default: batch size / 8); a job resumes only with the same")
+    scale.add_argument("--join", metavar="HOST:PORT", help="run only this machine's --workers for the server whose "
+                       "control store is at HOST:PORT (with --nnodes and --rdzv-endpoint); no HTTP, no enclave")
     p.set_defaults(func=run)
 
 
@@ -63,13 +67,6 @@ def run(args: argparse.Namespace) -> int:
     keep_freed_memory()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     consortium = Consortium.load(args.consortium)
-    enclave = EnclaveHost(
-        state_dir=args.state,
-        config=EnclaveConfig(consortium),
-        backend=args.backend,
-        launcher=shlex.split(args.launcher) if args.launcher else (),
-        listen_port=args.enclave_port,
-    )
     workers = None
     if args.workers or args.world_size:
         workers = ClusterConfig(
@@ -77,6 +74,17 @@ def run(args: argparse.Namespace) -> int:
             nnodes=args.nnodes, rdzv_endpoint=args.rdzv_endpoint, control_host=args.control_host,
             control_port=args.control_port, backend=args.backend, device=args.device, micro_batch=args.micro_batch,
         )
+    if args.join:  # another machine's workers: torchrun joins the rendezvous, the workers report to the server
+        if workers is None or not args.workers:
+            raise CaltrainError("--join needs --workers: how many worker processes run on this machine")
+        return subprocess.run(workers.launch_command(args.join), check=False).returncode
+    enclave = EnclaveHost(
+        state_dir=args.state,
+        config=EnclaveConfig(consortium),
+        backend=args.backend,
+        launcher=shlex.split(args.launcher) if args.launcher else (),
+        listen_port=args.enclave_port,
+    )
     app = create_app(
         state_dir=args.state,
         consortium=consortium,

@@ -117,6 +117,17 @@ class ClusterConfig:
     def world(self) -> int:
         return self.world_size or self.workers
 
+    def launch_command(self, control: str) -> list[str]:
+        """The torchrun command that starts this machine's workers, reporting to the server's `control` store."""
+        rdzv = ["--standalone"] if not self.rdzv_endpoint else [
+            "--nnodes", str(self.nnodes), "--rdzv-backend", "c10d", "--rdzv-endpoint", self.rdzv_endpoint]
+        return [
+            *self.launcher, *rdzv, "--nproc-per-node", str(self.workers), "--max-restarts", "1000",
+            "--monitor-interval", "0.5", "-m", "caltrain.training.cluster", "--control", control,
+            "--state", str(self.state_dir / "workers"), "--consortium", str(self.consortium), "--backend",
+            self.backend, "--device", self.device, "--platform", str(self.state_dir / "platform"),
+        ]
+
 
 @dataclass
 class ClusterRun:
@@ -146,16 +157,8 @@ class Cluster:
         return f"{self.config.control_host}:{self.store.port}"
 
     def launch_command(self) -> list[str]:
-        """The torchrun command that starts this machine's workers (other machines run it with their own state)."""
-        c = self.config
-        rdzv = ["--standalone"] if not c.rdzv_endpoint else [
-            "--nnodes", str(c.nnodes), "--rdzv-backend", "c10d", "--rdzv-endpoint", c.rdzv_endpoint]
-        return [
-            *c.launcher, *rdzv, "--nproc-per-node", str(c.workers), "--max-restarts", "1000",
-            "--monitor-interval", "0.5", "-m", "caltrain.training.cluster", "--control", self.control,
-            "--state", str(c.state_dir / "workers"), "--consortium", str(c.consortium), "--backend", c.backend,
-            "--device", c.device, "--platform", str(c.state_dir / "platform"),
-        ]
+        """The torchrun command that starts this machine's workers."""
+        return self.config.launch_command(self.control)
 
     def start(self) -> None:
         if self.config.workers:
@@ -359,7 +362,8 @@ class Worker:
         self.control.set(f"gen/{self.token}/reply/{index}/{self.rank}", json.dumps(answer))
 
     def join(self, cmd: dict[str, Any]) -> dict[str, Any]:
-        """Bring the job's containers (the participants' ciphertext) next to this enclave, then attest."""
+        """Bring the job's containers (the participants' ciphertext) next to this enclave from the server's
+        directory (on another machine: where shared storage mounts it), then attest."""
         target = self.state / "enclave"
         target.mkdir(parents=True, exist_ok=True)
         for source in Path(cmd["containers"]).glob("*.ctd"):
