@@ -143,33 +143,42 @@ def build_linkage(ctx: EnclaveContext, req: BuildLinkage) -> LinkageBuilt:
     return LinkageBuilt(statement=signed.to_dict(), records=len(log), seconds=time.perf_counter() - started)
 
 
-def _read_query(forensics: Forensics, req: TraceQuery) -> tuple[np.ndarray, np.ndarray | None]:
+def read_query(req: TraceQuery, shape: tuple[int, ...], num_classes: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """A query's inputs (1..MAX_QUERY_BATCH finite images of `shape`) and optional predicted classes."""
     try:
         with np.load(io.BytesIO(req.inputs), allow_pickle=False) as data:
             x = np.asarray(data["x"], dtype=np.float32)
             predicted = np.asarray(data["predicted"], dtype=np.int64) if "predicted" in data else None
     except (ValueError, KeyError, OSError, EOFError) as exc:
         raise QueryRejected(f"query must be an .npz with float array 'x' (and int 'predicted'): {exc}") from None
-    expected = tuple(forensics.training.x.shape[1:])
+    expected = tuple(shape)
     if x.ndim != 4 or tuple(x.shape[1:]) != expected or not 1 <= len(x) <= MAX_QUERY_BATCH:
         raise QueryRejected(f"query inputs must be 1..{MAX_QUERY_BATCH} images of shape {expected}, got {x.shape}")
     if not np.isfinite(x).all():
         raise QueryRejected("query inputs hold NaN or infinity")
     if predicted is not None and (
-        predicted.shape != (len(x),) or predicted.min() < 0 or predicted.max() >= forensics.training.num_classes
+        predicted.shape != (len(x),) or predicted.min() < 0 or predicted.max() >= num_classes
     ):
         raise QueryRejected("'predicted' must hold one class index per input")
     return x, predicted
+
+
+def check_k(k: int) -> None:
+    if not 1 <= k <= 100:
+        raise QueryRejected(f"k must be 1..100, got {k}")
 
 
 @ecall(TraceQuery)
 def trace(ctx: EnclaveContext, req: TraceQuery, member: Member) -> ForensicReply:
     """Rank the training records labelled with each input's prediction; answers carry inclusion proofs. The whole
     report (job, method, k, answers, blame, the log statement) is what the dispatcher signs for the auditor."""
+    from caltrain.accountability import sharded  # it builds on this module
+
+    if sharded.holds_log(ctx, req.job_id):
+        return sharded.trace(ctx, req, member)
     forensics = _forensics(ctx, req.job_id, member)
-    if not 1 <= req.k <= 100:
-        raise QueryRejected(f"k must be 1..100, got {req.k}")
-    x, predicted = _read_query(forensics, req)
+    check_k(req.k)
+    x, predicted = read_query(req, forensics.training.x.shape[1:], forensics.training.num_classes)
     method = forensics.method(req.method)
     queries = QueryBatch.build(forensics.training, x, predicted)
     report = Tracer(forensics.log, method, forensics.training.y).trace(queries, k=req.k).to_dict()
@@ -180,6 +189,10 @@ def trace(ctx: EnclaveContext, req: TraceQuery, member: Member) -> ForensicReply
 @ecall(SuspicionQuery)
 def suspicion(ctx: EnclaveContext, req: SuspicionQuery, member: Member) -> ForensicReply:
     """Every training instance ranked by the method's suspicion score, most suspicious first."""
+    from caltrain.accountability import sharded
+
+    if sharded.holds_log(ctx, req.job_id):
+        raise QueryRejected(f"job {req.job_id}'s log is sharded over its workers: they answer traces, not suspicion")
     forensics = _forensics(ctx, req.job_id, member)
     scores = forensics.method(req.method).suspicion()
     if scores is None:

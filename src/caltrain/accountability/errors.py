@@ -55,3 +55,6 @@ class MethodAlreadyRegistered(AccountabilityError):
 
 class ScenarioError(AccountabilityError):
     """An attack scenario cannot be built as asked (rate too high, too few records of a class, …)."""
+
+class ShardInvalid(AccountabilityError):
+    """A worker's shard or partial answer is not what this job's workers sign, or does not fit the job."""

@@ -90,6 +90,18 @@ class MerkleTree:
         self._levels = _levels(leaves)
         self.size = len(leaves)
 
+    @classmethod
+    def over_subtrees(cls, roots: Sequence[bytes]) -> MerkleTree:
+        """The tree above `roots`, the roots of aligned runs of 2^b leaves (the last run may be shorter). Built
+        level by level, a tree's nodes at height b are exactly those roots, so this tree has the whole tree's
+        root and its proofs are the upper part of every leaf's audit path (`size` counts the runs)."""
+        tree = cls([])
+        tree._levels = [list(roots)]
+        while len(tree._levels[-1]) > 1:
+            tree._levels.append(_next_level(tree._levels[-1]))
+        tree.size = len(roots)
+        return tree
+
     @property
     def root(self) -> bytes:
         return self._levels[-1][0] if self.size else hashlib.sha256(b"").digest()

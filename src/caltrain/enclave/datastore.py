@@ -117,19 +117,7 @@ class DatasetStore:
         store = cls(directory, state)
         raw = state.load()
         for entry in json.loads(raw) if raw is not None else []:
-            try:
-                blob = (directory / entry["file"]).read_bytes()
-            except OSError as exc:
-                raise SealedStateError(f"container of dataset {entry['dataset_id']!r} is unreadable: {exc}") from None
-            if hashlib.sha256(blob).hexdigest() != entry["sha256"]:
-                raise SealedStateError(f"container file of dataset {entry['dataset_id']!r} was modified at rest")
-            key = consortium.member(entry["participant"]).public_key
-            try:
-                opened = open_container(blob, bytes.fromhex(entry["data_key"]), participant_key=key)
-            except CryptoError as exc:
-                raise SealedStateError(f"dataset {entry['dataset_id']!r} no longer opens: {exc}") from None
-            policy = DataUsePolicy.from_bytes(entry["policy"].encode())
-            store.datasets[entry["dataset_id"]] = IngestedDataset.from_opened(opened, policy)
+            store.datasets[entry["dataset_id"]] = open_entry(directory, entry, consortium)
             store._entries.append(entry)
         return store
 
@@ -160,11 +148,36 @@ class DatasetStore:
         self.datasets[dataset.dataset_id] = dataset
         return dataset
 
+    def entry(self, dataset_id: str) -> dict[str, str]:
+        """A dataset's sealed index entry (container file and digest, data key, policy): what an attested peer
+        enclave needs to open the same container (`open_entry`)."""
+        self.get(dataset_id)
+        return next(dict(e) for e in self._entries if e["dataset_id"] == dataset_id)
+
     def get(self, dataset_id: str) -> IngestedDataset:
         try:
             return self.datasets[dataset_id]
         except KeyError:
             raise UnknownDataset(f"no ingested dataset {dataset_id!r}; have {sorted(self.datasets)}") from None
+
+
+def open_entry(directory: Path, entry: dict[str, str], consortium: Consortium) -> IngestedDataset:
+    """Re-open a dataset from its index entry and its container in `directory`; fail closed on any mismatch."""
+    try:
+        blob = (directory / entry["file"]).read_bytes()
+    except OSError as exc:
+        raise SealedStateError(f"container of dataset {entry['dataset_id']!r} is unreadable: {exc}") from None
+    if hashlib.sha256(blob).hexdigest() != entry["sha256"]:
+        raise SealedStateError(f"container file of dataset {entry['dataset_id']!r} was modified at rest")
+    key = consortium.member(entry["participant"]).public_key
+    try:
+        opened = open_container(blob, bytes.fromhex(entry["data_key"]), participant_key=key)
+    except CryptoError as exc:
+        raise SealedStateError(f"dataset {entry['dataset_id']!r} no longer opens: {exc}") from None
+    dataset = IngestedDataset.from_opened(opened, DataUsePolicy.from_bytes(entry["policy"].encode()))
+    if dataset.dataset_id != entry["dataset_id"]:
+        raise SealedStateError(f"container of dataset {entry['dataset_id']!r} holds {dataset.dataset_id!r}")
+    return dataset
 
 
 def _atomic_write(path: Path, data: bytes) -> None:

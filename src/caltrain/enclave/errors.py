@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from caltrain.errors import AuthError, DataError, EnclaveError
+from caltrain.errors import AttestationError, AuthError, DataError, EnclaveError
 
 
 class DuplicateDataset(EnclaveError):
@@ -36,3 +36,6 @@ class ConsentRefused(AuthError):
 class SchemaViolation(DataError):
     """A dataset's records fall outside the consortium's declared schema (shape, labels, values): nothing is
     ingested; the message names participant, dataset and the first offending record."""
+
+class GrantRefused(AttestationError):
+    """A peer grant does not open for this enclave, or is not signed by the enclave it came from."""

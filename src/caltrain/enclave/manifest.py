@@ -38,6 +38,8 @@ ECALL_MODULES = (
     "caltrain.training.enclave_side",
     "caltrain.accountability.enclave_side",
     "caltrain.inference.enclave_side",
+    "caltrain.training.enclave_distributed",
+    "caltrain.accountability.sharded",
 )
 ENTRY_MODULES = ("caltrain.enclave.main", *ECALL_MODULES)
 

@@ -8,8 +8,11 @@ A crash between sealing and bumping leaves the file one ahead of the counter; th
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import struct
 from pathlib import Path
+from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 from caltrain.crypto.errors import CryptoError
 from caltrain.crypto.sealing import Sealer
@@ -51,3 +54,28 @@ class CountedState:
         version = self._counters.counter_read(self.counter) + 1
         self._sealer.seal_file(self.path, _VERSION.pack(version) + payload, label=self.label)
         self._counters.counter_increment(self.counter)
+
+
+class Record(Protocol):
+    """A dataclass record kept by job id."""
+
+    __dataclass_fields__: ClassVar[dict[str, Any]]
+    job_id: str
+
+
+R = TypeVar("R", bound=Record)
+
+
+class SealedTable(Generic[R]):
+    """Records by job id in one counter-pinned sealed file (the job registry, the scale-out plans): every `put`
+    seals the whole table as its next version, so an older table never loads."""
+
+    def __init__(self, state: CountedState, record: type[R]) -> None:
+        raw = state.load()
+        self._state = state
+        self.entries: dict[str, R] = {e["job_id"]: record(**e) for e in json.loads(raw)} if raw is not None else {}
+
+    def put(self, entry: R) -> None:
+        entries = {**self.entries, entry.job_id: entry}
+        self._state.save(json.dumps([dataclasses.asdict(e) for e in entries.values()]).encode())
+        self.entries = entries

@@ -415,6 +415,198 @@ class GetJobState(Message):
     job_id: str
 
 
+# --- scale-out: a job trained across attested worker enclaves -------------------------------------------
+
+
+@reply
+class ClusterOpened(Message):
+    """A job opened for `world_size` worker enclaves; one fresh nonce (hex) per rank for its evidence."""
+
+    job_id: str
+    world_size: int
+    micro_batch: int
+    nonces: list[str]
+
+
+@request(sender=HOST, answer=ClusterOpened)
+class OpenCluster(Message):
+    """To the job's first enclave: train an admitted job across `world_size` workers, `micro_batch` records per
+    gradient piece. Draws (once per job) the key the workers' enclaves will share; a resumed job keeps both."""
+
+    job_id: str
+    world_size: int
+    micro_batch: int
+
+
+@reply
+class PeerEvidence(Message):
+    """An enclave's evidence binding its public keys (`keys`: HPKE || Ed25519) to a peer's nonce, and the nonce
+    it wants the peer's evidence to answer in turn (empty when it asks for none)."""
+
+    platform: str
+    quote: bytes
+    supporting: dict[str, str]  # name -> base64
+    keys: bytes
+    nonce: bytes
+
+
+@request(sender=HOST, answer=PeerEvidence)
+class JoinCluster(Message):
+    """To a worker enclave: attest yourself to the first enclave (answering its `leader_nonce`) for `rank`."""
+
+    job_id: str
+    rank: int
+    world_size: int
+    leader_nonce: bytes
+
+
+@reply
+class WorkerGrant(Message):
+    """The first enclave's evidence (answering the worker's nonce) and the job's grant sealed to that worker."""
+
+    platform: str
+    quote: bytes
+    supporting: dict[str, str]
+    keys: bytes
+    grant: bytes
+
+
+@request(sender=HOST, answer=WorkerGrant)
+class AdmitWorker(Message):
+    """To the first enclave: a worker's evidence for `rank`; granted the job only if it verifies."""
+
+    job_id: str
+    rank: int
+    platform: str
+    quote: bytes
+    supporting: dict[str, str]
+    keys: bytes
+    nonce: bytes
+
+
+@reply
+class Joined(Message):
+    job_id: str
+    rank: int
+    world_size: int
+    micro_batch: int
+    full_enclave: bool
+    train_records: int
+    checkpoints: list[int]  # the steps this enclave holds sealed checkpoints of
+
+
+@request(sender=HOST, answer=Joined)
+class AcceptGrant(Message):
+    """To a worker enclave: the first enclave's evidence and the grant; accepted only from the enclave it attested."""
+
+    job_id: str
+    rank: int
+    platform: str
+    quote: bytes
+    supporting: dict[str, str]
+    keys: bytes
+    grant: bytes
+
+
+@reply
+class ShardReady(Message):
+    train_records: int
+    eval_records: int
+    steps_per_epoch: int
+    total_steps: int
+    next_step: int
+    ir_shape: list[int]
+    full_enclave: bool
+    backnet: bytes  # the BackNet's initial weights; empty in full-enclave mode
+    sum_size: int  # int64 elements the hosts all-reduce per step for the FrontNet
+    back_dropout_seed: int  # the BackNet's dropout stream, derived one-way from the secret job seed
+
+
+@request(sender=HOST, answer=ShardReady)
+class ShardStart(Message):
+    """Start a joined job in this worker, from scratch (`resume_step` 0, no checkpoint yet) or from one of its
+    sealed checkpoints."""
+
+    job_id: str
+    ir_path: str
+    grad_path: str
+    label_path: str
+    sum_path: str
+    slot_capacity: int
+    resume_step: int
+
+
+@request(sender=HOST, answer=ForwardOut)
+class ShardForward(Message):
+    """FrontNet forward of micro-batch `micro` of global step `step`, one this worker owns; IR and labels to shm."""
+
+    step: int
+    micro: int
+
+
+@request(sender=HOST, answer=Ok)
+class ShardBackward(Message):
+    """dL/dIR of micro-batch `micro` is in shared memory: backpropagate and add its fixed-point gradient."""
+
+    step: int
+    micro: int
+    grad_layout: str
+
+
+@reply
+class Aggregate(Message):
+    size: int  # int64 elements of the masked contribution now in the sum slot
+
+
+@request(sender=HOST, answer=Aggregate)
+class ShardAggregate(Message):
+    """Every micro-batch this worker owns in `step` is done (full-enclave mode: run them now, inside): write the
+    masked fixed-point contribution to the sum slot for the hosts' all-reduce."""
+
+    step: int
+
+
+@request(sender=HOST, answer=StepsDone)
+class ShardApply(Message):
+    """The hosts' all-reduced sum is in the sum slot: check it, unmask it and update the FrontNet."""
+
+    step: int
+
+
+@request(sender=HOST, answer=ForwardOut)
+class ShardEval(Message):
+    """FrontNet forward of eval batch `index` (datasets admitted for evaluation only); IR and labels to shm."""
+
+    index: int
+
+
+@reply
+class ShardResult(Message):
+    """A worker's signed result, and the trained FrontNet sealed under the job key for the first enclave."""
+
+    job_id: str
+    steps: int
+    front_digest: str
+    back_digest: str
+    signature: bytes
+    sealed_front: bytes
+
+
+@request(sender=HOST, answer=ShardResult)
+class ShardEnd(Message):
+    job_id: str
+    backnet: bytes
+
+
+@request(sender=HOST, answer=TrainResult)
+class FinishCluster(Message):
+    """To the first enclave: the workers' trained FrontNet (sealed under the job key) and the final BackNet."""
+
+    job_id: str
+    backnet: bytes
+    sealed_front: bytes
+
+
 # --- accountability ------------------------------------------------------------------------------------
 
 
@@ -456,6 +648,63 @@ class SuspicionQuery(Message):
     job_id: str
     method: str
     auth: Authorization
+
+
+# --- scale-out forensics: a job's linkage log sharded over its workers ------------------------------------
+
+
+@reply
+class ShardLinked(Message):
+    shard: dict[str, Any]  # the worker-signed shard statement (caltrain.accountability.sharded)
+
+
+@request(sender=HOST, answer=ShardLinked)
+class ShardLinkage(Message):
+    """To a worker of a finished job: fingerprint its share of the training records and commit it."""
+
+    job_id: str
+
+
+@request(sender=HOST, answer=LinkageBuilt)
+class MergeLinkage(Message):
+    """To the first enclave: every worker's signed shard; it signs the one Merkle root over the whole job."""
+
+    job_id: str
+    shards: list[dict[str, Any]]
+
+
+@reply
+class TracePlan(Message):
+    job_id: str
+    plan: bytes  # the query's fingerprints and labels, sealed under the job key for the workers
+
+
+@request(sender=HOST, answer=TracePlan)
+class FanOutTrace(Message):
+    """To the first enclave: an auditor's sealed `TraceQuery` of a sharded job, as received. The enclave checks
+    the auditor's signature and the tracer grants, and seals what the workers need to search their shards."""
+
+    ciphertext: bytes
+
+
+@reply
+class ShardHits(Message):
+    job_id: str
+    hits: bytes  # the worker-signed partial answer, sealed under the job key
+
+
+@request(sender=HOST, answer=ShardHits)
+class TraceShard(Message):
+    job_id: str
+    plan: bytes
+
+
+@request(sender=HOST, answer=Ok)
+class CollectHits(Message):
+    """To the first enclave: one worker's sealed, signed partial answer to a planned trace."""
+
+    job_id: str
+    hits: bytes
 
 
 # --- partitioned inference (DeepEnclave) ----------------------------------------------------------------

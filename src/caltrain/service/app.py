@@ -31,6 +31,7 @@ from caltrain.service.jobs import JobManager
 from caltrain.service.limits import BodyLimits, error_response
 from caltrain.service.state import ServerState
 from caltrain.service.store import ServerStore, SqliteStore
+from caltrain.training.cluster import Cluster, ClusterConfig
 
 log = logging.getLogger("caltrain.server")
 
@@ -47,8 +48,10 @@ def create_app(
     enclave: EnclaveHost | None = None,
     batching: BatchingConfig | None = None,
     store: ServerStore | None = None,
+    workers: ClusterConfig | None = None,
 ) -> FastAPI:
-    """Build the app; the enclave starts with the app (lifespan), is supervised while it runs, stops with it."""
+    """Build the app; the enclave (and, with `workers`, the worker processes) start with the app (lifespan); the
+    enclave is supervised while it runs; everything stops with it."""
     host = enclave or EnclaveHost(state_dir=state_dir, config=EnclaveConfig(consortium), backend=backend)
 
     @asynccontextmanager
@@ -59,10 +62,15 @@ def create_app(
         log.info("enclave ready: platform=%s measurement=%s", ready.platform, ready.measurement)
         db = store or SqliteStore(state_dir / STORE_FILE)
         server = app.state.server = ServerState(host, consortium, RequestAuthenticator(consortium), state_dir, db)
-        jobs = JobManager(host, db, state_dir, device)
+        cluster = Cluster(host, workers) if workers else None
+        if cluster is not None:
+            cluster.start()
+            log.info("%d workers; jobs train on them. Workers on this machine: %s", cluster.config.world,
+                     " ".join(cluster.launch_command()))
+        jobs = JobManager(host, db, state_dir, device, cluster)
         service = InferenceService(host, batching)
         deployments = Deployments(service, db, state_dir)
-        server.extensions.update(jobs=jobs, inference=service, deployments=deployments,
+        server.extensions.update(jobs=jobs, inference=service, deployments=deployments, cluster=cluster,
                                  uploads=Uploads(state_dir / UPLOADS))
         deployments.restore()
         host.supervise(on_ready=lambda _: deployments.restore())
@@ -71,6 +79,8 @@ def create_app(
         finally:
             jobs.close()
             service.close()
+            if cluster is not None:
+                cluster.stop()
             host.stop()
             db.close()
 

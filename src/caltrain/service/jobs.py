@@ -34,6 +34,7 @@ from caltrain.enclave.wire import (
 from caltrain.errors import AuthError, CaltrainError, EnclaveUnavailable, TrainingError
 from caltrain.service.errors import JobNotFinished, UnknownJob
 from caltrain.service.store import ServerStore
+from caltrain.training.cluster import Cluster
 from caltrain.training.config import TrainConfig
 from caltrain.training.core import build_split, state_digest
 from caltrain.training.partitioned import PartitionedTrainer
@@ -81,13 +82,17 @@ class JobManager:
     """Admits jobs through the enclave and runs them one at a time, first come first served (the enclave is one
     process); keeps every job's record in the store."""
 
-    def __init__(self, enclave: EnclaveHost, store: ServerStore, state_dir: Path, device: str = "cpu") -> None:
+    def __init__(
+        self, enclave: EnclaveHost, store: ServerStore, state_dir: Path, device: str = "cpu",
+        cluster: Cluster | None = None,
+    ) -> None:
         self._enclave = enclave
         self._store = store
         self._dir = state_dir / "jobs"
         self._device = device
         self._cv = threading.Condition()
         self._closed = False
+        self._cluster = cluster  # with workers, every job trains on them (caltrain.training.cluster)
         self.jobs: dict[str, JobRecord] = {}
         for doc in store.list("jobs"):
             job = JobRecord.from_json(doc)
@@ -167,11 +172,30 @@ class JobManager:
                 continue
             self._run(job)
 
+    def _run_on_workers(self, job: JobRecord, cluster: Cluster) -> None:
+        job.phase = "training"
+        self._save(job)
+        run = cluster.train(job.job_id, TrainConfig.from_dict(job.config), progress=lambda e: self._progress(job, e))
+        self.backnet_path(job.job_id).parent.mkdir(parents=True, exist_ok=True)
+        self.backnet_path(job.job_id).write_bytes(run.backnet)
+        (self._dir / job.job_id / "report.json").write_text(json.dumps(run.report.to_dict(), indent=2))
+        r = run.result
+        job.result = {"steps": r.steps, "front_digest": r.front_digest, "back_digest": r.back_digest,
+                      "signature": r.signature.hex(), "workers": cluster.config.world, "attempts": run.attempts}
+        job.linkage = {"records": run.linkage.records, "seconds": run.linkage.seconds,
+                       "statement": run.linkage.statement}
+        job.state, job.phase = "done", ""
+        log.info("job %s done on %d workers: final eval accuracy %s", job.job_id, cluster.config.world,
+                 run.report.final_accuracy)
+
     def _run(self, job: JobRecord) -> None:
         job.state, job.started_at, job.attempts, job.error = "running", time.time(), job.attempts + 1, None
         self._save(job)
         log.info("job %s running (attempt %d): %s", job.job_id, job.attempts, job.config)
         try:
+            if self._cluster is not None:
+                self._run_on_workers(job, self._cluster)
+                return
             status = self._enclave.call(GetJobState(job_id=job.job_id), JobState)
             if status.state == "admitted":
                 self._train(job)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -90,8 +91,11 @@ async def member_request(request: Request, cls: type[M]) -> M:
     return msg
 
 
-async def forward_sealed(request: Request, inner: type[Message]) -> dict[str, str]:
-    """Pass a sealed member request (whose inner type the route names) to the enclave and its sealed answer back.
+async def forward_sealed(
+    request: Request, inner: type[Message], relay: Callable[[bytes], bytes] | None = None
+) -> dict[str, str]:
+    """Pass a sealed member request (whose inner type the route names) to the enclave and its sealed answer back
+    (through `relay`, when the enclave needs other enclaves first: a trace of a job sharded over workers).
 
     The host cannot read either; it only checks, as a courtesy, that the HTTP request is signed by a member
     holding a role the inner request's route admits.
@@ -104,6 +108,8 @@ async def forward_sealed(request: Request, inner: type[Message]) -> dict[str, st
         ciphertext = base64.b64decode(body["sealed"], validate=True)
     except (KeyError, TypeError, binascii.Error, ValueError):
         raise ServiceError('body must be {"sealed": BASE64}') from None
+    if relay is not None:
+        return {"sealed": base64.b64encode(await run_in_threadpool(relay, ciphertext)).decode()}
     sealed = await run_in_threadpool(server(request).enclave.call, SealedRequest(ciphertext=ciphertext), SealedReply)
     return {"sealed": base64.b64encode(sealed.ciphertext).decode()}
 

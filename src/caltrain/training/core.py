@@ -116,10 +116,15 @@ def dropout_seed(config: TrainConfig, half: Half) -> int:
     return _seed("dropout", seed_of(config), half)
 
 
-def seed_dropout(module: nn.Module, stream_seed: int, step: int, device: torch.device | str = "cpu") -> None:
-    """Point `module`'s dropout layers at the masks of training step `step` of one stream: a pure function of
-    (stream seed, step), so a resumed run draws the same masks with no generator state to checkpoint."""
-    attach_generator(module, _generator("dropout-step", stream_seed, step, device=device))
+def seed_dropout(
+    module: nn.Module, stream_seed: int, step: int, device: torch.device | str = "cpu", *, micro: int | None = None
+) -> None:
+    """Point `module`'s dropout layers at the masks of training step `step` (and micro-batch `micro`, when a step
+    is cut into micro-batches across workers) of one stream: a pure function of (stream seed, step, micro), so a
+    resumed run draws the same masks with no generator state to checkpoint, and any worker computing a micro-batch
+    draws the masks any other would."""
+    position = (step,) if micro is None else (step, micro)
+    attach_generator(module, _generator("dropout-step", stream_seed, *position, device=device))
 
 
 def make_optimizer(params: list[nn.Parameter], config: TrainConfig) -> torch.optim.Optimizer:

@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import json
 import secrets
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
@@ -29,7 +28,7 @@ from caltrain.enclave.errors import SealedStateError
 from caltrain.enclave.ingest import datasets
 from caltrain.enclave.protocol import job_result_digest
 from caltrain.enclave.runtime import EnclaveContext, ecall, on_boot
-from caltrain.enclave.sealed_state import CountedState
+from caltrain.enclave.sealed_state import CountedState, SealedTable
 from caltrain.enclave.shm import SharedTensor
 from caltrain.enclave.wire import (
     BackwardOut,
@@ -98,7 +97,7 @@ class JobEntry:
     spec: dict[str, Any]  # the admitted TrainConfig, seed included
     created_by: str
     architecture: str
-    state: str = "admitted"  # admitted -> trained -> linked
+    state: str = "admitted"  # admitted (-> distributed, on workers) -> trained -> linked
     front_digest: str = ""
     back_digest: str = ""
     log_id: str = ""  # drawn (and sealed here) before the log is built, so a rebuild after a crash reuses it
@@ -115,12 +114,8 @@ class JobEntry:
         return list(self.config.datasets)
 
 
-class JobRegistry:
+class JobRegistry(SealedTable[JobEntry]):
     """Every job this enclave admitted, sealed and counter-pinned: an id is never admitted or trained twice."""
-
-    def __init__(self, state: CountedState, entries: dict[str, JobEntry]) -> None:
-        self._state = state
-        self.entries = entries
 
     @classmethod
     def load(cls, ctx: EnclaveContext) -> JobRegistry:
@@ -131,9 +126,7 @@ class JobRegistry:
             sealer=ctx.sealer,
             counters=ctx.counters,
         )
-        raw = state.load()
-        entries = {e["job_id"]: JobEntry(**e) for e in json.loads(raw)} if raw is not None else {}
-        return cls(state, entries)
+        return cls(state, JobEntry)
 
     def get(self, job_id: str) -> JobEntry:
         try:
@@ -141,10 +134,6 @@ class JobRegistry:
         except KeyError:
             raise NoActiveJob(f"the enclave admitted no job {job_id!r}") from None
 
-    def put(self, entry: JobEntry) -> None:
-        entries = {**self.entries, entry.job_id: entry}
-        self._state.save(json.dumps([asdict(e) for e in entries.values()]).encode())
-        self.entries = entries
 
 
 @on_boot
@@ -303,33 +292,43 @@ def _state_bytes(module: torch.nn.Module) -> bytes:
     return buf.getvalue()
 
 
-@ecall(TrainStart)
-def start(ctx: EnclaveContext, req: TrainStart) -> TrainReady:
-    entry = jobs(ctx).get(req.job_id)
-    if entry.state != "admitted":
-        raise StepOutOfOrder(f"job {entry.job_id} already finished training ({entry.state}); a job trains once")
-    config = entry.config
-    store = datasets(ctx)
-    sources = [store.get(i) for i in config.datasets]
+@dataclass(frozen=True)
+class SlotPaths:
+    """The host's shared slots for a partitioned job: IRs, their gradients (`capacity` floats each), labels."""
+
+    ir: str
+    grad: str
+    labels: str
+    capacity: int
+    label_capacity: int
+
+
+def build_job(
+    job_id: str,
+    config: TrainConfig,
+    sources: list[IngestedDataset],
+    eval_sources: list[IngestedDataset],
+    checkpoints: CountedState,
+    slots: SlotPaths | None,
+) -> tuple[Job, list[int]]:
+    """A job at its seeded initial weights over its datasets (in data order), with the host's shared slots when it
+    is partitioned and has any; and the shape of what leaves the enclave per record."""
     x, y = stack_datasets(sources)
-    if config.eval_datasets:
-        eval_x, eval_y = stack_datasets([store.get(i) for i in config.eval_datasets])
-    else:
-        eval_x, eval_y = x[:0], y[:0]
+    eval_x, eval_y = stack_datasets(eval_sources) if eval_sources else (x[:0], y[:0])
     check_data(config, x, y)
     check_data(config, eval_x, eval_y)
     model, part = build_split(config)
     model.train()
     full = part.full_enclave
-    slots: tuple[SharedTensor | None, ...] = (None, None, None)
-    if not full:
-        slots = (
-            SharedTensor(req.ir_path, req.slot_capacity, "float32"),
-            SharedTensor(req.grad_path, req.slot_capacity, "float32"),
-            SharedTensor(req.label_path, max(config.batch_size, EVAL_BATCH), "int64"),
+    opened: tuple[SharedTensor | None, ...] = (None, None, None)
+    if not full and slots is not None:
+        opened = (
+            SharedTensor(slots.ir, slots.capacity, "float32"),
+            SharedTensor(slots.grad, slots.capacity, "float32"),
+            SharedTensor(slots.labels, slots.label_capacity, "int64"),
         )
     job = Job(
-        job_id=entry.job_id,
+        job_id=job_id,
         config=config,
         sources=sources,
         x=x,
@@ -340,12 +339,28 @@ def start(ctx: EnclaveContext, req: TrainStart) -> TrainReady:
         model=model,
         optimizer=make_optimizer(list((model if full else part.front).parameters()), config),
         full_enclave=full,
-        ir=slots[0],
-        grad=slots[1],
-        labels=slots[2],
-        checkpoints=_checkpoints(ctx, entry.job_id),
+        ir=opened[0],
+        grad=opened[1],
+        labels=opened[2],
+        checkpoints=checkpoints,
     )
-    backnet = b"" if full else _state_bytes(part.back)  # initial weights, before any checkpoint is applied
+    return job, list(ir_shape(config))
+
+
+@ecall(TrainStart)
+def start(ctx: EnclaveContext, req: TrainStart) -> TrainReady:
+    entry = jobs(ctx).get(req.job_id)
+    if entry.state != "admitted":
+        raise StepOutOfOrder(f"job {entry.job_id} already finished training ({entry.state}); a job trains once")
+    config = entry.config
+    store = datasets(ctx)
+    slots = SlotPaths(req.ir_path, req.grad_path, req.label_path, req.slot_capacity, max(config.batch_size, EVAL_BATCH))
+    job, shape = build_job(
+        entry.job_id, config, [store.get(i) for i in config.datasets], [store.get(i) for i in config.eval_datasets],
+        _checkpoints(ctx, entry.job_id), slots,
+    )
+    full = job.full_enclave
+    backnet = b"" if full else _state_bytes(job.part.back)  # initial weights, before any checkpoint is applied
     if req.resume:
         load_checkpoint(job)
     elif job.checkpoints.load() is not None:
@@ -355,29 +370,49 @@ def start(ctx: EnclaveContext, req: TrainStart) -> TrainReady:
         save_checkpoint(job)
     ctx.extensions[JOB] = job
     return TrainReady(
-        train_records=len(y),
-        eval_records=len(eval_y) if not full else 0,
+        train_records=len(job.y),
+        eval_records=len(job.eval_y) if not full else 0,
         steps_per_epoch=job.spe,
         total_steps=job.total_steps,
         next_step=job.next_step,
-        ir_shape=list(ir_shape(config)),
+        ir_shape=shape,
         full_enclave=full,
         backnet=backnet,
         back_dropout_seed=dropout_seed(config, "back"),
     )
 
 
-def _train_forward(job: Job, step: int) -> tuple[int, str]:
+def hand_over(job: Job, ir: torch.Tensor, labels: torch.Tensor) -> ForwardOut:
+    """An IR and its labels into the host's shared slots (partitioned mode only)."""
     ir_slot, _, label_slot = job.slots()
+    layout = ir_slot.put(ir)
+    label_slot.view(labels.shape).copy_(labels)
+    return ForwardOut(batch=len(labels), layout=layout)
+
+
+def _train_forward(job: Job, step: int) -> tuple[int, str]:
+    job.slots()
     if step != job.next_step or job.pending is not None or step >= job.total_steps:
         raise StepOutOfOrder(f"forward of step {step} requested; the next step is {job.next_step}")
     xb, yb = training_batch(job.x, job.y, job.config, step)
     seed_dropout(job.part.front, dropout_seed(job.config, "front"), step)
-    ir = job.part.front(xb)
-    job.pending = ir
-    layout = ir_slot.put(ir)
-    label_slot.view(yb.shape).copy_(yb)
-    return len(yb), layout
+    job.pending = job.part.front(xb)
+    out = hand_over(job, job.pending, yb)
+    return out.batch, out.layout
+
+
+def eval_forward(job: Job, index: int) -> ForwardOut:
+    """Eval batch `index` through the FrontNet; only datasets whose policies allow evaluation were admitted."""
+    job.slots()
+    start_at = index * EVAL_BATCH
+    if not 0 <= start_at < len(job.eval_y):
+        raise StepOutOfOrder(f"eval batch {index} is out of range")
+    xb, yb = job.eval_x[start_at : start_at + EVAL_BATCH], job.eval_y[start_at : start_at + EVAL_BATCH]
+    job.part.front.eval()
+    with torch.no_grad():
+        ir = job.part.front(xb)
+    job.part.front.train()
+    return hand_over(job, ir, yb)
 
 
 @ecall(FrontForward)
@@ -388,18 +423,7 @@ def forward(ctx: EnclaveContext, req: FrontForward) -> ForwardOut:
         return ForwardOut(batch=batch, layout=layout)
     if req.phase != "eval":
         raise StepOutOfOrder(f"unknown phase {req.phase!r}")
-    ir_slot, _, label_slot = job.slots()
-    start_at = req.index * EVAL_BATCH
-    if not 0 <= start_at < len(job.eval_y):  # only datasets whose policies allow evaluation were admitted as eval
-        raise StepOutOfOrder(f"eval batch {req.index} is out of range")
-    xb, yb = job.eval_x[start_at : start_at + EVAL_BATCH], job.eval_y[start_at : start_at + EVAL_BATCH]
-    job.part.front.eval()
-    with torch.no_grad():
-        ir = job.part.front(xb)
-    job.part.front.train()
-    layout = ir_slot.put(ir)
-    label_slot.view(yb.shape).copy_(yb)
-    return ForwardOut(batch=len(yb), layout=layout)
+    return eval_forward(job, req.index)
 
 
 @ecall(FrontBackward)
@@ -446,19 +470,23 @@ def train_steps(ctx: EnclaveContext, req: TrainSteps) -> StepsDone:
     return StepsDone(next_step=job.next_step, checkpointed=checkpointed)
 
 
+def load_backnet(job: Job, backnet: bytes) -> None:
+    """The host's final BackNet into the job's model (it comes back exactly when the job was partitioned)."""
+    if job.full_enclave != (not backnet):
+        raise TrainingError(f"job {job.job_id}: a BackNet comes back exactly when the job was partitioned")
+    if backnet:
+        try:
+            job.part.back.load_state_dict(torch.load(io.BytesIO(backnet), weights_only=True), strict=True)
+        except Exception as exc:  # whatever bytes the host sent: anything unloadable is refused, typed
+            raise TrainingError(f"the BackNet sent for job {job.job_id} does not fit the model: {exc}") from None
+
+
 @ecall(TrainEnd)
 def end(ctx: EnclaveContext, req: TrainEnd) -> TrainResult:
     job = _job(ctx, req.job_id)
     if job.next_step != job.total_steps or job.pending is not None:
         raise StepOutOfOrder(f"job {job.job_id} ran {job.next_step} of {job.total_steps} steps")
-    if job.full_enclave != (not req.backnet):
-        raise TrainingError(f"job {job.job_id}: a BackNet comes back exactly when the job was partitioned")
-    if req.backnet:
-        try:
-            state = torch.load(io.BytesIO(req.backnet), weights_only=True)
-            job.part.back.load_state_dict(state, strict=True)
-        except Exception as exc:  # whatever bytes the host sent: anything unloadable is refused, typed
-            raise TrainingError(f"the BackNet sent for job {job.job_id} does not fit the model: {exc}") from None
+    load_backnet(job, req.backnet)
     job.model.eval()
     seal_final_model(ctx, job)  # before the registry says "trained": a trained job's model is always on disk
     entry = dataclasses.replace(

@@ -176,6 +176,9 @@ class PartitionedTrainer:
         self._ready = (done.next_batch, done.next_layout) if done.next_batch else None
         return stats
 
+    def _eval_forward(self, index: int) -> ForwardOut:
+        return self._call(FrontForward(phase="eval", index=index), ForwardOut)
+
     def evaluate(self, records: int) -> float | None:
         if not records:
             return None
@@ -183,7 +186,7 @@ class PartitionedTrainer:
         self.back.eval()
         with torch.no_grad():
             for index in range((records + EVAL_BATCH - 1) // EVAL_BATCH):
-                out = self._call(FrontForward(phase="eval", index=index), ForwardOut)
+                out = self._eval_forward(index)
                 n = out.batch
                 logits = self.back(self.ir.view((n, *self.ir_shape), out.layout).to(self.device))
                 correct += int((logits.argmax(1).cpu() == self.labels.view((n,))).sum())
