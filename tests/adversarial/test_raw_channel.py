@@ -12,6 +12,7 @@ import importlib
 import itertools
 import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -219,3 +220,12 @@ def test_member_roles_are_what_the_consortium_says(world: World) -> None:
     """The roles the attack matrix relies on: nobody holds all of them but the outsider, who is not a member."""
     assert world.people.alice.roles == {Role.PARTICIPANT} and world.people.owner.roles == {Role.OWNER}
     assert open_policy().min_frontnet_blocks == 1
+
+
+def test_every_request_is_in_the_documented_call_table() -> None:
+    """docs/security.md (and, for scale-out, docs/scale.md) tell a reviewer who may send each call and what a
+    hostile host gets from it: a new call must be written down there."""
+    docs = Path(__file__).resolve().parents[2] / "docs"
+    text = (docs / "security.md").read_text() + (docs / "scale.md").read_text()
+    undocumented = [cls.__name__ for cls in ROUTES if f"`{cls.__name__}`" not in text]
+    assert not undocumented, f"calls missing from the documented call tables: {undocumented}"
