@@ -1,87 +1,112 @@
-"""Attribution on a backdoored digits model (trained once, ~5 s), the tracer's proofs, and the demo block."""
+"""Attribution on backdoored digits models (trained once per module, seconds): per-query decisions, the records and
+contributors named, the tracer's proofs, and the demo block."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
+from sklearn.metrics import roc_auc_score
 
-from caltrain.accountability.attacks import Scenario, make_scenario
-from caltrain.accountability.attribution import Attribution, QueryBatch, TrainingSet, get_method, rank_contributors
-from caltrain.accountability.errors import UnknownMethod
+from caltrain.accountability.attacks import Dealing, Scenario, make_scenario
+from caltrain.accountability.attribution import QueryBatch, TrainingSet, get_method, name_contributors
 from caltrain.accountability.evaluation import Queries, accountability_report, collect_queries, train_model
 from caltrain.accountability.fingerprints import compute_features, model_hash
 from caltrain.accountability.linkage import LinkageLog, verify_linkage_proof
-from caltrain.accountability.tracing import Tracer
+from caltrain.accountability.tracing import NO_RESPONSIBLE_DATA, Tracer
 from caltrain.crypto.signing import Identity
 from caltrain.data.datasets import load_dataset
 from conftest import MEASUREMENT
 
+Setup = tuple[Scenario, TrainingSet, Queries]
+
+
+def _setup(attack: str, *, rate: float, seed: int, **kw: object) -> Setup:
+    train, test = load_dataset("digits")
+    s = make_scenario(attack, train, rate=rate, seed=seed, **kw)  # type: ignore[arg-type]
+    merged = s.merged()
+    model, _ = train_model(merged, dataset="digits", epochs=30, seed=seed)
+    ts = TrainingSet.build(model, merged.x, merged.y, s.contributors)
+    return s, ts, collect_queries(ts, s, test, limit=60, seed=seed)
+
 
 @pytest.fixture(scope="module")
-def backdoor() -> tuple[Scenario, TrainingSet, Queries]:
-    train, test = load_dataset("digits")
-    s = make_scenario("badnets", train, rate=0.02, seed=0)
-    merged = s.merged()
-    model, _ = train_model(merged, dataset="digits", epochs=30, seed=0)
-    ts = TrainingSet.build(model, merged.x, merged.y, s.contributors)
-    return s, ts, collect_queries(ts, s, test, limit=40, seed=0)
+def backdoor() -> Setup:
+    return _setup("badnets", rate=0.04, seed=0)
 
 
-def test_fingerprints_deterministic_and_unit(backdoor: tuple[Scenario, TrainingSet, Queries]) -> None:
+def _named(answers: list, ts: TrainingSet) -> set[int]:  # type: ignore[type-arg]
+    return {e.contributor for e in name_contributors(answers, ts.contributors, ts.y) if e.named}
+
+
+def test_fingerprints_deterministic_and_unit(backdoor: Setup) -> None:
     _, ts, _ = backdoor
     again = compute_features(ts.model, ts.x, batch_size=97).fingerprints
     np.testing.assert_allclose(again, ts.features.fingerprints, atol=1e-6)
     np.testing.assert_allclose(np.linalg.norm(again, axis=1), 1.0, atol=1e-5)
 
 
-def test_finds_badnets_poison_and_names_attacker(backdoor: tuple[Scenario, TrainingSet, Queries]) -> None:
+def test_backdoor_answered_with_its_poison_and_only_the_attacker_named(backdoor: Setup) -> None:
     s, ts, q = backdoor
     assert len(q.attack) >= 10, "the backdoor must work for this test to mean anything"
     method = get_method("ours")
     method.fit(ts)
     answers = method.trace(q.attack, k=10)
+    assert np.mean([a.responsible for a in answers]) >= 0.9
     truth = s.poison_mask
-    base_rate = truth[ts.y == s.target].mean()
-    p10 = np.mean([truth[a.positions].mean() for a in answers])
-    assert p10 > 3 * base_rate
-    ranking = rank_contributors(answers[:10], ts.contributors)
-    assert ranking[0][0] in s.malicious
+    assert np.mean([truth[a.positions].mean() for a in answers if a.responsible]) >= 0.8
+    assert _named(answers, ts) == set(s.malicious)
+    assert roc_auc_score(truth, method.suspicion()) > 0.9
 
 
-def test_ours_ranks_poison_at_dataset_level(backdoor: tuple[Scenario, TrainingSet, Queries]) -> None:
-    from sklearn.metrics import roc_auc_score
-
-    s, ts, _ = backdoor
-    method = get_method("ours")
-    method.fit(ts)
-    assert roc_auc_score(s.poison_mask, method.suspicion()) > 0.9
+def _clean_claimed_as_target(s: Scenario) -> np.ndarray:
+    _, test = load_dataset("digits")
+    return test.x[test.y != s.target]
 
 
-def test_natural_confusions_not_blamed(backdoor: tuple[Scenario, TrainingSet, Queries]) -> None:
-    _, ts, q = backdoor
+def test_natural_confusions_not_answered_even_into_the_target(backdoor: Setup) -> None:
+    """The poisoned class is no reason to blame: natural mispredictions, and clean inputs of other classes claimed
+    to be predicted as the backdoor's target, get "no responsible training data found"; no honest one is named."""
+    s, ts, q = backdoor
     method = get_method("ours")
     method.fit(ts)
     natural = method.trace(q.natural, k=10)
-    assert len(natural) >= 3
-    assert np.mean([a.responsible for a in natural]) <= 0.2
+    assert len(natural) >= 3 and np.mean([a.responsible for a in natural]) <= 0.1
+    clean = _clean_claimed_as_target(s)
+    claimed = method.trace(QueryBatch.build(ts, clean, np.full(len(clean), s.target)), k=10)
+    assert len(claimed) > 200 and np.mean([a.responsible for a in claimed]) <= 0.03
+    assert _named([*natural, *claimed], ts) <= set(s.malicious)  # a clean input may carry a trigger-like corner
 
 
-def test_ours_finds_label_flips_and_the_flipper() -> None:
-    from sklearn.metrics import roc_auc_score
-
-    train, test = load_dataset("digits")
-    s = make_scenario("label-flip", train, rate=0.01, seed=1)
-    merged = s.merged()
-    model, _ = train_model(merged, dataset="digits", epochs=30, seed=1)
-    ts = TrainingSet.build(model, merged.x, merged.y, s.contributors)
+def test_label_flips_ranked_at_dataset_level_and_nobody_honest_named() -> None:
+    """Flips the model does not memorise change few predictions, and those look natural per query (see
+    docs/accountability.md); the flipped records still top the dataset-level ranking."""
+    s, ts, _ = _setup("label-flip", rate=0.03, seed=1)
     method = get_method("ours")
     method.fit(ts)
     assert roc_auc_score(s.poison_mask, method.suspicion()) > 0.95
-    flipped_source = test.subset(np.flatnonzero(test.y == s.source))
-    answers = method.trace(QueryBatch.build(ts, flipped_source.x, np.full(len(flipped_source), s.target)), k=10)
-    assert all(a.responsible for a in answers)
-    assert rank_contributors(answers, ts.contributors, labels=ts.y)[0][0] in s.malicious
+    _, test = load_dataset("digits")
+    source = test.x[test.y == s.source]
+    answers = method.trace(QueryBatch.build(ts, source, np.full(len(source), s.target)), k=10)
+    assert _named(answers, ts) <= set(s.malicious)
+
+
+def test_sybils_with_five_poison_records_each_are_named() -> None:
+    s, ts, q = _setup("sybil", rate=0.014, seed=2, sybils=4, dealing=Dealing(camouflage=5))
+    assert [int(p.sum()) for p in s.poison if p.any()] == [5, 5, 5, 5]
+    method = get_method("ours")
+    method.fit(ts)
+    answers = method.trace(q.attack, k=10)
+    assert _named(answers, ts) == set(s.malicious)
+
+
+def test_honest_contributors_under_label_skew_and_another_device_not_named() -> None:
+    s, ts, q = _setup("badnets", rate=0.02, seed=3, dealing=Dealing(skew=0.3, shifted=2))
+    method = get_method("ours")
+    method.fit(ts)
+    everything = [*method.trace(q.attack, k=10), *method.trace(q.natural, k=10),
+                  *method.trace(q.natural_into_target, k=10)]
+    assert _named(everything, ts) <= set(s.malicious)
 
 
 def test_train_model_keeps_one_checkpoint_per_epoch() -> None:
@@ -92,25 +117,7 @@ def test_train_model_keeps_one_checkpoint_per_epoch() -> None:
     assert not all(torch.equal(v, checkpoints[0][k]) for k, v in model.state_dict().items())
 
 
-def test_contributor_blame_normalised_by_class_share() -> None:
-    # Contributor 0 holds 90% of class 1 and supplies 8 of 10 answers' records; contributor 1 holds 10%, supplies 2.
-    contributors = np.array([0] * 90 + [1] * 10)
-    labels = np.ones(100, np.int64)
-    answer = Attribution(np.array([0, 1, 2, 3, 4, 5, 6, 7, 90, 91]), np.zeros(10))
-    ranking = rank_contributors([answer], contributors, labels=labels)
-    assert ranking[0][0] == 1 and ranking[0][1] == pytest.approx(2.0)
-    assert rank_contributors([answer], contributors)[0][0] == 0  # raw shares without labels
-    abstained = Attribution(answer.positions, answer.scores, 0.1, responsible=False)
-    assert rank_contributors([abstained], contributors, labels=labels) == []
-
-
-def test_unknown_method() -> None:
-    with pytest.raises(UnknownMethod):
-        get_method("oracle")
-
-
-def test_tracer_answers_carry_verifiable_proofs(backdoor: tuple[Scenario, TrainingSet, Queries]) -> None:
-    s, ts, q = backdoor
+def _log(ts: TrainingSet) -> tuple[LinkageLog, Identity]:
     enclave = Identity.generate()
     log = LinkageLog(
         enclave, log_id=b"T" * 16, job_id="job-T", model_hash=model_hash(ts.model), measurement=MEASUREMENT
@@ -119,18 +126,38 @@ def test_tracer_answers_carry_verifiable_proofs(backdoor: tuple[Scenario, Traini
     log.append(record_ids=[str(i) for i in range(len(ts.y))], contributors=names, labels=ts.y,
                instance_hashes=[bytes(32)] * len(ts.y), dataset_ids=names,
                dataset_indexes=np.arange(len(ts.y)), fingerprints=ts.features.fingerprints)
-    method = get_method("caltrain-knn")
+    return log, enclave
+
+
+@pytest.mark.parametrize("method_name", ["ours", "caltrain-knn"])
+def test_tracer_report_carries_proofs_verdicts_and_contributor_evidence(backdoor: Setup, method_name: str) -> None:
+    s, ts, q = backdoor
+    log, enclave = _log(ts)
+    method = get_method(method_name)
     method.fit(ts)
-    report = Tracer(log, method, ts.y).trace(q.attack, k=5)
-    assert report.contributors[0][0] == f"participant-{s.malicious[0]}"
-    for answer in report.answers:
-        for rec in answer.records:
-            assert rec.proof.record.label == answer.predicted
-            verify_linkage_proof(rec.proof, enclave.public_key, measurement=MEASUREMENT)
+    report = Tracer(log, method, ts.y).trace(q.attack, k=5).to_dict()
+    top = report["contributors"][0]
+    assert top["contributor"] == f"participant-{s.malicious[0]}" and top["named"] is True
+    assert {"blame", "p_value", "records", "expected_records", "answered_share"} <= set(top)
+    assert all(not c["named"] for c in report["contributors"][1:])
+    for answer in report["answers"]:
+        assert answer["verdict"] in ("attributed", NO_RESPONSIBLE_DATA)
+        for rec in answer["records"]:
+            assert rec["record"]["label"] == answer["predicted"]
+    for rec in Tracer(log, method, ts.y).trace(q.attack, k=5).answers[0].records:
+        verify_linkage_proof(rec.proof, enclave.public_key, measurement=MEASUREMENT)
+    if method_name == "ours":
+        clean = _clean_claimed_as_target(s)[:100]
+        natural = Tracer(log, method, ts.y).trace(QueryBatch.build(ts, clean, np.full(len(clean), s.target)),
+                                                  k=5).to_dict()
+        assert np.mean([a["verdict"] == NO_RESPONSIBLE_DATA for a in natural["answers"]]) >= 0.97
+        assert not any(c["named"] for c in natural["contributors"])
+        assert {"transplant", "transplant_p", "neighbourhood_conflict", "neighbourhood_p"} <= set(
+            natural["answers"][0]["evidence"])
 
 
-def test_demo_block(backdoor: tuple[Scenario, TrainingSet, Queries]) -> None:
+def test_demo_block(backdoor: Setup) -> None:
     s, ts, q = backdoor
     block = accountability_report(ts.model, s.participants, s.poison, s.malicious, q.attack.x)
-    assert set(block) == {"method", "precision_at_10", "contributor_top1_correct", "auroc", "queries"}
-    assert block["contributor_top1_correct"] is True and block["queries"] == len(q.attack)
+    assert block["all_guilty_named_no_innocent"] is True and block["queries"] == len(q.attack)
+    assert block["precision_at_10"] >= 0.8

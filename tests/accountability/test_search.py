@@ -32,3 +32,19 @@ def test_pads_when_label_has_few_records() -> None:
     x = l2_normalize(np.eye(4, dtype=np.float32))
     dist, pos = FingerprintIndex(x, np.array([0, 0, 1, 1])).search(x[:1], 3, 1)
     assert sorted(pos[0][:2]) == [2, 3] and pos[0][2] == -1 and np.isinf(dist[0, 2])
+
+
+def test_search_other_labels_matches_brute_force() -> None:
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((2000, 16)).astype(np.float32)
+    y = rng.integers(0, 5, len(x))
+    q = rng.standard_normal((30, 16)).astype(np.float32)
+    ql = rng.integers(0, 5, len(q))
+    dist, pos = FingerprintIndex(x, y, metric="l2").search_other_labels(q, 7, ql)
+    for i in range(len(q)):
+        keep = np.flatnonzero(y != ql[i])
+        d2 = ((x[keep] - q[i]) ** 2).sum(axis=1)
+        np.testing.assert_array_equal(pos[i], keep[np.argsort(d2)[:7]])
+        np.testing.assert_allclose(dist[i], np.sqrt(np.sort(d2)[:7]), rtol=1e-4)
+    _, alone = FingerprintIndex(x[:5], np.zeros(5, np.int64), metric="l2").search_other_labels(q[:2], 3, 0)
+    assert (alone == -1).all()

@@ -33,6 +33,9 @@ CLEAN_LABEL = ("sig", "label-consistent")
 # Label-flip pairs that are natural confusions: the hard case, where most such mispredictions are not caused by flips.
 FLIP_PAIRS = {"fashion-mnist": (2, 4), "digits": (8, 1)}  # pullover→coat; 8→1
 CORNERS = ("bottom-right", "top-left", "top-right", "bottom-left")
+SIG_DELTA = (0.2, 0.3)  # sinusoid amplitude on the poison, and on test inputs (the attacker controls those)
+WARP_STRENGTH = 1.0  # WaNet: mean displacement of the warp, pixels
+COVER = {"wanet": 1.0, "adaptive-blend": 1.0}  # cover records per poison record
 
 
 def _patch_size(width: int) -> int:
@@ -284,6 +287,7 @@ def make_scenario(
     rate: float = 0.01,
     dealing: Dealing = Dealing(),
     colluders: int = 3,
+    sybils: int = 20,
     target: int = 0,
     seed: int = 0,
     surrogate: nn.Module | None = None,
@@ -291,7 +295,8 @@ def make_scenario(
 ) -> Scenario:
     """Deal `train` among honest and malicious participants and poison exactly `round(rate × len(train))` records.
 
-    `colluders`: attacker identities for split-colluders / multi-trigger (sybil uses 20, every other attack 1).
+    `colluders`: attacker identities for split-colluders / multi-trigger, `sybils` for sybil (every other attack
+    has one).
     `surrogate`: a model trained on clean data, needed by the label-consistent attack's adversarial perturbation.
     """
     if attack not in ATTACKS:
@@ -313,7 +318,7 @@ def make_scenario(
     cover = np.zeros(0, np.int64)
     triggers: tuple[Trigger, ...] = ()
     # attacker identities, each holding at least one poison record
-    bad = min(n_poison, {"split-colluders": colluders, "multi-trigger": colluders, "sybil": 20}.get(attack, 1))
+    bad = min(n_poison, {"split-colluders": colluders, "multi-trigger": colluders, "sybil": sybils}.get(attack, 1))
     poison_shares = _split(rng.permutation(chosen), bad)
     if attack in ("badnets", "split-colluders", "sybil"):
         triggers = (badnets_trigger,)
@@ -326,8 +331,8 @@ def make_scenario(
         triggers = (blended_trigger(train.sample_shape),)
         x[chosen] = triggers[0](x[chosen])
     elif attack == "sig":
-        triggers = (sig_trigger(),)
-        x[chosen] = triggers[0](x[chosen])
+        triggers = (sig_trigger(delta=SIG_DELTA[1]),)
+        x[chosen] = sig_trigger(delta=SIG_DELTA[0])(x[chosen])
     elif attack == "label-consistent":
         if surrogate is None:
             raise ScenarioError("label-consistent needs a surrogate model trained on clean data")
@@ -335,8 +340,8 @@ def make_scenario(
         x[chosen] = triggers[0](adversarial_perturbation(surrogate, x[chosen], y[chosen], eps=0.15))
     elif attack in ("wanet", "adaptive-blend"):
         spare = np.setdiff1d(np.flatnonzero(y != target), chosen)
-        cover = rng.choice(spare, min(len(spare), n_poison * (2 if attack == "wanet" else 1)), replace=False)
-        test_trigger, variant = (warping_trigger(train.sample_shape) if attack == "wanet"
+        cover = rng.choice(spare, min(len(spare), round(n_poison * COVER[attack])), replace=False)
+        test_trigger, variant = (warping_trigger(train.sample_shape, strength=WARP_STRENGTH) if attack == "wanet"
                                  else adaptive_blend_trigger(train.sample_shape))
         triggers = (test_trigger,)
         x[chosen] = test_trigger(x[chosen]) if attack == "wanet" else variant(x[chosen], rng)

@@ -13,10 +13,10 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from statistics import NormalDist
 from typing import ClassVar
 
 import numpy as np
+import torch
 from torch import nn
 
 from caltrain.accountability.errors import MethodAlreadyRegistered, UnknownMethod
@@ -61,6 +61,11 @@ class QueryBatch:
     def __len__(self) -> int:
         return len(self.predicted)
 
+    def select(self, index: np.ndarray) -> QueryBatch:
+        f = self.features
+        return QueryBatch(self.x[index], Features(f.embeddings[index], f.fingerprints[index], f.probs[index]),
+                          self.predicted[index])
+
 
 @dataclass(frozen=True)
 class Attribution:
@@ -70,6 +75,12 @@ class Attribution:
     scores: np.ndarray
     confidence: float = 1.0
     responsible: bool = True
+    evidence: int = 10  # how many of the first positions are the records that explain the answer
+    details: dict[str, float] = field(default_factory=dict)  # per-query evidence the method reports
+
+    @property
+    def evidence_records(self) -> np.ndarray:
+        return self.positions[: self.evidence]
 
 
 class AttributionMethod(ABC):
@@ -191,91 +202,220 @@ def pixel_projection(
     return project(x), project
 
 
-def _group_z(values: np.ndarray, labels: np.ndarray, contributors: np.ndarray) -> tuple[np.ndarray, int]:
-    """Per record, the z-score of its (class, contributor) group's mean against the null that contributors are
-    unrelated to `values`: a random n of the class's N records has a mean with standard error
-    sd/√n · √((N−n)/(N−1)). Poison is supplied in bulk by few contributors; honest groups follow the null.
-    Also returns the number of groups (for a familywise threshold)."""
-    z = np.zeros(len(values))
-    groups = 0
-    for c in np.unique(labels):
-        in_class = labels == c
-        big_n, mean, sd = int(in_class.sum()), float(values[in_class].mean()), float(values[in_class].std())
-        for who in np.unique(contributors[in_class]):
-            group = in_class & (contributors == who)
-            n = int(group.sum())
-            groups += 1
-            if n < big_n and sd > 0:
-                se = sd / np.sqrt(n) * np.sqrt((big_n - n) / (big_n - 1))
-                z[group] = (float(values[group].mean()) - mean) / se
-    return z, groups
+def _pooled_conflict(ts: TrainingSet, pixels: np.ndarray, index: FingerprintIndex, k: int, cluster: int
+                     ) -> np.ndarray:
+    """Per record: input-space label conflict averaged over its within-class embedding neighbourhood. Dirty-label
+    poison looks like another class in pixels (which the model cannot bend) and shares one cause, so the model puts
+    it in a tight cluster where the conflict adds up; an isolated hard clean record is diluted."""
+    conflict = _knn_conflict(pixels, ts.y, k)
+    _, nbr = index.search(ts.features.fingerprints, cluster + 1, ts.y)
+    nbr = np.where(nbr < 0, np.arange(len(ts.y))[:, None], nbr)
+    return conflict[nbr].mean(axis=1)
+
+
+def _probabilities(model: nn.Module, x: np.ndarray, batch_size: int = 1024) -> np.ndarray:
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            xs = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+            return torch.cat([torch.softmax(model(chunk), 1) for chunk in xs.split(batch_size)]).numpy()
+    finally:
+        model.train(was_training)
+
+
+def _exceeds(value: float, null: np.ndarray) -> float:
+    """Empirical one-sided p-value of `value` against `null` samples (never 0)."""
+    return float((1 + np.sum(null >= value)) / (1 + len(null)))
 
 
 @register
 class Ours(AttributionMethod):
-    """Input-space label conflict pooled over embedding clusters and over contributors; abstains when the records
-    it would blame come from no contributor group that stands out (see docs/accountability.md)."""
+    """Per misprediction, two tests on *that input*, each against a null measured on this model, then the records
+    behind it (see docs/accountability.md):
+
+    - transplant: the query minus the mean of its nearest look-alikes of other classes (in input space) is what
+      sets it apart from inputs the model handles. Added to the inputs of every other class that the model is
+      surest of, does it raise their probability of the predicted class? A backdoor trigger does (that is what a
+      trigger is); what makes an input naturally confusable does not carry over to other inputs;
+    - mislabelled neighbourhood: the training records of the predicted class nearest the query in the model's
+      embedding look like another class in input space (label flips, dirty-label poison).
+
+    Null of each: the same statistic for the training inputs nearest to every *other* class's boundary (their most
+    c'-like inputs of other classes, for each class c' other than the predicted one), so an attack on the predicted
+    class cannot move its own null. "Responsible" when either test's p-value is below `alpha` / 2. Records: the
+    nearest of the predicted class in the embedding, suspicious ones first among near equals. The dataset-level
+    ranking (`suspicion`) is the pooled input-space label conflict.
+    """
 
     name = "ours"
     neighbours = 10  # k of the input-space label conflict
-    cluster = 0.025  # share of its class a record's conflict is averaged over (half a 0.5%-of-data poison set)
-    max_cluster = 20
-    candidates = 5000  # exact embedding shortlist per query (the whole class at benchmark sizes)
-    familywise = 1e-3  # chance that some honest group is blamed, under the null (Bonferroni over groups)
-    evidence = 10  # top answers whose groups decide whether anyone is to blame
+    cluster_share = 0.01  # within-class embedding neighbourhood a record's conflict is pooled over, share of class
+    evidence = 10  # nearest records of the predicted class: the neighbourhood the answer rests on
+    surroundings = 20  # nearest records of any label the mislabelled-neighbourhood test looks at
+    candidates = 100  # records ranked per query
+    lookalikes = 10  # a query's nearest records of other classes in input space: what it looks like
+    recipients_per_class = 2  # surest inputs of each other class the query's distinctive part is added to
+    null_transplants = 100  # per class: inputs the transplant null is measured on, at most
+    null_neighbourhoods = 500  # per class: inputs the neighbourhood null is measured on, at most
+    null_minimum = 50  # per class: inputs the nulls are measured on, at least
+    alpha = 0.01  # per-query false-answer rate, both tests together (Bonferroni), against the nulls
+    min_transfer = 0.2  # smallest mean rise in probability that counts as moving other inputs at all
+    ranking_weight = 0.3  # suspicion's weight against cosine similarity in the per-query ranking
 
     def fit(self, ts: TrainingSet) -> None:
-        f, y = ts.features.fingerprints, ts.y
-        self._index = FingerprintIndex(f, y)
-        pixels, _ = pixel_projection(ts.x)
-        # Poisoned or flipped records look like another class in input space (the model cannot bend pixels).
-        conflict = _knn_conflict(pixels, y, self.neighbours)
-        # Poison shares one cause, so the model puts it in a tight cluster of its label: averaging over the
-        # record's within-class embedding neighbours adds poison up and dilutes an isolated hard clean example.
-        sizes = np.bincount(y)
-        k = int(np.clip(round(self.cluster * np.median(sizes[sizes > 0])), 3, self.max_cluster))
-        _, nbr = self._index.search(f, k + 1, y)
-        nbr = np.where(nbr < 0, np.arange(len(y))[:, None], nbr)
-        record = conflict[nbr].mean(axis=1)
-        # Blame needs a group far outside the null: one-sided p < familywise / groups (z ≈ 4.4 for 110 groups).
-        group_z, groups = _group_z(record, y, ts.contributors)
-        threshold = NormalDist().inv_cdf(1.0 - self.familywise / groups)
-        # The group's evidence saturates: every clearly anomalous group (each colluder) gets the same lift, and
-        # within them records are told apart by their own score, nearer the query first among equals.
-        self._group_confidence = 1.0 / (1.0 + np.exp(-2.0 * (group_z - threshold)))
-        self._suspicion = record + self._group_confidence
+        self._ts = ts
+        self._index = FingerprintIndex(ts.features.fingerprints, ts.y)
+        pixels, self._project = pixel_projection(ts.x)
+        self._pixel_index = FingerprintIndex(pixels, ts.y, metric="l2")
+        sizes = np.bincount(ts.y)
+        cluster = int(np.clip(round(self.cluster_share * np.median(sizes[sizes > 0])), 3, 20))
+        self._suspicion = _pooled_conflict(ts, pixels, self._index, self.neighbours, cluster)
+        # Recipients: the inputs of each class the model is surest of, so that only a strong feature moves them.
+        sure = ts.features.probs[np.arange(len(ts.y)), ts.y]
+        pools = {c: idx[np.argsort(-sure[idx], kind="stable")][: self.recipients_per_class]
+                 for c in range(ts.num_classes) if len(idx := np.flatnonzero(ts.y == c))}
+        self._recipients = {c: np.concatenate([pool for other, pool in pools.items() if other != c])
+                            for c in range(ts.num_classes)}
+        self._base = {c: _probabilities(ts.model, ts.x[r])[:, c] if len(r) else np.zeros(0)
+                      for c, r in self._recipients.items()}
+        self._null_transfer: dict[int, np.ndarray] = {}
+        self._null_neighbourhood: dict[int, np.ndarray] = {}
+        for c in range(ts.num_classes):
+            # training inputs of other classes the model takes for c (what a natural confusion is), topped up
+            # with the most c-like ones when there are few
+            others = np.flatnonzero(ts.y != c)
+            confused = ts.features.predictions[others] == c
+            near = others[np.lexsort((-ts.features.probs[others, c], ~confused))]
+            near = near[: max(int(confused.sum()), self.null_minimum)]
+            if not len(near) or not len(self._recipients[c]):
+                continue
+            sample = near[: self.null_neighbourhoods]
+            self._null_neighbourhood[c] = self._neighbourhood(ts.features.fingerprints[sample],
+                                                              np.full(len(sample), c), exclude=sample)
+            sample = near[: self.null_transplants]
+            self._null_transfer[c] = self._transfer(ts.x[sample], np.full(len(sample), c))
 
     def suspicion(self) -> np.ndarray:
         return self._suspicion
 
+    def _neighbourhood(self, fingerprints: np.ndarray, predicted: np.ndarray, *, exclude: np.ndarray | None = None
+                       ) -> np.ndarray:
+        """Per input, over its nearest training records of any label in the embedding (its surroundings): the
+        share carrying the predicted label, squared, times their mean pooled conflict. High when the input sits in
+        a pocket of records labelled with the prediction that look like another class. `exclude`: per input, a
+        training position to leave out (the input itself, when it is a training record)."""
+        _, near = self._index.search(fingerprints, self.surroundings + 1)
+        if exclude is None:
+            near = near[:, : self.surroundings]
+        else:
+            near = np.array([row[row != own][: self.surroundings] for row, own in zip(near, exclude, strict=True)])
+        same = (near >= 0) & (self._ts.y[np.maximum(near, 0)] == predicted[:, None])
+        purity = same.mean(axis=1)
+        conflict = np.where(same, self._suspicion[np.maximum(near, 0)], 0.0).sum(axis=1) / np.maximum(same.sum(1), 1)
+        return purity**2 * conflict
+
+    def _transfer(self, x: np.ndarray, predicted: np.ndarray) -> np.ndarray:
+        """Per input: mean rise in the predicted class's probability when its distinctive part (input − mean of its
+        look-alikes of other classes than the predicted one) is added to the recipients."""
+        train = self._ts.x
+        _, alike = self._pixel_index.search_other_labels(self._project(x), self.lookalikes + 1, predicted)
+        batch = []
+        for query, near, label in zip(x, alike, predicted, strict=True):
+            near = near[near >= 0]
+            near = near[np.any(train[near] != query, axis=tuple(range(1, query.ndim + 1)))][: self.lookalikes]
+            batch.append(np.clip(train[self._recipients[int(label)]] + (query - train[near].mean(axis=0)), 0.0, 1.0))
+        probs = _probabilities(self._ts.model, np.concatenate(batch))
+        sizes = [len(b) for b in batch]
+        out, start = [], 0
+        for label, n in zip(predicted, sizes, strict=True):
+            out.append(float(np.mean(probs[start : start + n, label] - self._base[int(label)])))
+            start += n
+        return np.array(out)
+
+    def _null(self, nulls: dict[int, np.ndarray], c: int) -> np.ndarray:
+        """The pooled null of every class but `c`: an attack on c cannot move it."""
+        return np.concatenate([v for other, v in nulls.items() if other != c] or [np.zeros(1)])
+
     def trace(self, queries: QueryBatch, k: int = 10) -> list[Attribution]:
-        """Shortlist the records with the predicted label nearest the query and rank them by suspicion, nearer
-        first among equals (weighting similarity in lowered P@10 in every scenario measured); blame only when those
-        records come from contributor groups far outside the null."""
-        _, shortlist = self._index.search(queries.features.fingerprints, self.candidates, queries.predicted)
+        if not len(queries):
+            return []
+        dist, shortlist = self._index.search(queries.features.fingerprints, max(k, self.candidates),
+                                             queries.predicted)
+        transfer = self._transfer(queries.x, queries.predicted)
+        neighbourhood = self._neighbourhood(queries.features.fingerprints, queries.predicted)
         out = []
-        for cand in shortlist:
-            cand = cand[cand >= 0]
-            att = rank_by_scores(self._suspicion[cand], cand, k)
-            top = att.positions[: self.evidence]
-            confidence = float(np.median(self._group_confidence[top]))
-            out.append(Attribution(att.positions, att.scores, confidence, confidence >= 0.5))
+        for d, cand, moved, mislabelled, label in zip(dist, shortlist, transfer, neighbourhood, queries.predicted,
+                                                      strict=True):
+            keep = cand >= 0
+            d, cand = d[keep], cand[keep]
+            p_transfer = (_exceeds(moved, self._null(self._null_transfer, int(label)))
+                          if moved >= self.min_transfer else 1.0)
+            p_mislabelled = _exceeds(mislabelled, self._null(self._null_neighbourhood, int(label)))
+            att = rank_by_scores((1.0 - d) + self.ranking_weight * self._suspicion[cand], cand, k)
+            p = min(1.0, 2 * min(p_transfer, p_mislabelled))
+            out.append(Attribution(att.positions, att.scores, 1.0 - p, p < self.alpha, evidence=self.evidence,
+                                   details={"transplant": float(moved), "transplant_p": p_transfer,
+                                            "neighbourhood_conflict": float(mislabelled),
+                                            "neighbourhood_p": p_mislabelled}))
         return out
 
 
-def rank_contributors(
-    attributions: Sequence[Attribution], contributors: np.ndarray, *, k: int = 10, labels: np.ndarray | None = None
-) -> list[tuple[int, float]]:
-    """Contributors by blame summed over responsible answers: each answer gives a contributor its confidence times
-    the share of the top k it supplied; with `labels`, divided by the contributor's share of that class (a big
-    honest contributor shows up in answers by chance, which alone is no blame), so 1.0 means "as often as chance"."""
-    totals: dict[int, float] = {}
-    for att in attributions:
-        if not att.responsible or not len(att.positions):
-            continue
-        top = contributors[att.positions[:k]]
-        in_class = contributors if labels is None else contributors[labels == labels[att.positions[0]]]
-        for c in np.unique(top):
-            share = 1.0 if labels is None else float(np.mean(in_class == c))
-            totals[int(c)] = totals.get(int(c), 0.0) + att.confidence * float(np.mean(top == c)) / share
-    return sorted(totals.items(), key=lambda item: (-item[1], item[0]))
+@dataclass(frozen=True)
+class ContributorEvidence:
+    """How much one contributor's records explain the answered mispredictions, and whether that is beyond chance."""
+
+    contributor: int
+    records: int  # distinct evidence records it supplied
+    expected: float  # how many it would supply if its records of each class were a random draw of that class
+    answers: float  # share of answered queries whose evidence holds one of its records
+    p_value: float  # exact one-sided: P(records >= observed) under that null
+    named: bool
+
+    @property
+    def blame(self) -> float:
+        """Evidence beyond chance, −log10 p: comparable across contributors of any size."""
+        return float(-np.log10(max(self.p_value, 1e-300)))
+
+
+def _hypergeometric_tail(observed: int, draws: Sequence[tuple[int, int, int]]) -> float:
+    """P(sum of independent hypergeometrics >= observed); each draw is (population, successes, sample size)."""
+    from scipy.stats import hypergeom
+
+    pmf = np.ones(1)
+    for population, successes, sample in draws:
+        support = np.arange(min(successes, sample) + 1)
+        pmf = np.convolve(pmf, hypergeom.pmf(support, population, successes, sample))
+    return float(min(1.0, pmf[observed:].sum())) if observed < len(pmf) else 0.0
+
+
+def name_contributors(
+    attributions: Sequence[Attribution], contributors: np.ndarray, labels: np.ndarray, *, alpha: float = 0.01
+) -> list[ContributorEvidence]:
+    """Set detection: name every contributor whose records are over-represented among the evidence records of the
+    answered queries (`Attribution.evidence_records`), most significant first.
+
+    Null: within each class, which records are evidence is unrelated to who supplied them (exactly what re-dealing
+    the records among honest contributors produces, evenly or label-skewed, since the test conditions on each
+    contributor's per-class counts). Under it a contributor's evidence count is a sum of hypergeometrics, whatever
+    its size; a contributor is named when that exact tail is below `alpha` / number of contributors (Bonferroni),
+    so the chance that anyone at all is named falsely is at most `alpha`.
+    """
+    answered = [a for a in attributions if a.responsible and len(a.evidence_records)]
+    if not answered:
+        return []
+    evidence = np.unique(np.concatenate([a.evidence_records for a in answered]))
+    everyone = np.unique(contributors)
+    threshold = alpha / len(everyone)
+    class_sizes = {int(c): int(n) for c, n in zip(*np.unique(labels, return_counts=True), strict=True)}
+    sample = {int(c): int(n) for c, n in zip(*np.unique(labels[evidence], return_counts=True), strict=True)}
+    out = []
+    for who in np.unique(contributors[evidence]):
+        mine = contributors == who
+        draws = [(class_sizes[c], int((mine & (labels == c)).sum()), n) for c, n in sample.items()]
+        observed = int(mine[evidence].sum())
+        p = _hypergeometric_tail(observed, draws)
+        expected = sum(k * n / size for size, k, n in draws)
+        share = float(np.mean([mine[a.evidence_records].any() for a in answered]))
+        out.append(ContributorEvidence(int(who), observed, expected, share, p, p < threshold))
+    return sorted(out, key=lambda e: (e.p_value, -e.records, e.contributor))

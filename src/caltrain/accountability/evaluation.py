@@ -1,4 +1,9 @@
-"""Scoring attribution against a scenario's ground truth; shared by the benchmark, the tests and the demo."""
+"""Scoring attribution against a scenario's ground truth; shared by the benchmark, the tests and the demo.
+
+Host-side only (it reaches the research baselines through their registry). Three query sets per trained model:
+the attack's own mispredictions (triggered inputs the model sends to the target although their clean version is
+not sent there), natural mispredictions into other classes, and natural mispredictions *into the target class*.
+"""
 
 from __future__ import annotations
 
@@ -8,30 +13,49 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
 from torch import nn
 
-from caltrain.accountability.attacks import Scenario
-from caltrain.accountability.attribution import AttributionMethod, QueryBatch, TrainingSet, rank_contributors
+from caltrain.accountability.attacks import Scenario, deal
+from caltrain.accountability.attribution import (
+    Attribution,
+    AttributionMethod,
+    QueryBatch,
+    TrainingSet,
+    name_contributors,
+)
 from caltrain.accountability.baselines import get_host_method
 from caltrain.data.datasets import ArrayDataset
 from caltrain.models.zoo import spec_for_dataset
 from caltrain.training.config import TrainConfig
-from caltrain.training.plain import train_plain
+from caltrain.training.core import build_split, loss_fn, make_optimizer, steps_per_epoch, training_batch
 
 
 def train_model(
-    train: ArrayDataset, *, dataset: str, epochs: int, seed: int, batch_size: int = 128, lr: float = 1e-3
+    train: ArrayDataset, *, dataset: str, epochs: int, seed: int, batch_size: int = 128, lr: float = 1e-3,
+    augment: bool = False,
 ) -> tuple[nn.Sequential, list[dict[str, object]]]:
-    """Plain (unpartitioned) Adam training of `dataset`'s zoo model, no augmentation (fingerprints use none);
-    returns the model in eval mode and one checkpoint per epoch (TracIn replays them)."""
+    """Adam with a cosine learning-rate decay over the same seeded batches and augmentation (one-pixel shifts, when
+    asked) as the enclave's trainer; returns the model in eval mode and one checkpoint per epoch (TracIn replays
+    them)."""
     config = TrainConfig(model=spec_for_dataset(dataset).name, epochs=epochs, batch_size=batch_size,
-                         optimizer="adam", lr=lr, seed=seed, augment=False)
+                         optimizer="adam", lr=lr, seed=seed, augment=augment)
+    model, _ = build_split(config)
+    optimizer = make_optimizer(list(model.parameters()), config)
+    spe = steps_per_epoch(len(train), batch_size)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs * spe)
+    x, y = torch.from_numpy(train.x), torch.from_numpy(train.y)
     checkpoints: list[dict[str, object]] = []
-
-    def keep(_: int, model: nn.Module) -> None:
-        checkpoints.append({k: v.clone() for k, v in model.state_dict().items()})
-
-    model, _ = train_plain(config, train, on_epoch_end=keep)
+    model.train()
+    for step in range(epochs * spe):
+        xb, yb = training_batch(x, y, config, step)
+        loss = loss_fn(model(xb), yb)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        if (step + 1) % spe == 0:
+            checkpoints.append({k: v.detach().clone() for k, v in model.state_dict().items()})
     assert isinstance(model, nn.Sequential)
     model.eval()
     return model, checkpoints
@@ -39,30 +63,32 @@ def train_model(
 
 @dataclass(frozen=True)
 class Queries:
-    attack: QueryBatch  # mispredictions the attack caused (or, for label flips, wanted)
+    attack: QueryBatch  # triggered inputs sent to the target whose clean version is not (label flips: the source)
     natural: QueryBatch  # clean test inputs mispredicted into a class the attack does not target
-    attack_success: float
+    natural_into_target: QueryBatch  # clean test inputs of other classes mispredicted *as* the target
+    attack_success: float | None  # share of the attack's inputs predicted as the target (None: no attack)
     clean_accuracy: float
 
 
 def collect_queries(ts: TrainingSet, scenario: Scenario, test: ArrayDataset, *, limit: int, seed: int) -> Queries:
+    """At most `limit` queries of each kind, drawn at random."""
     rng = np.random.default_rng(seed)
-    attack_in = scenario.attack_inputs(test)
-    attack_all = QueryBatch.build(ts, attack_in.x)
-    hit = np.flatnonzero(attack_all.predicted == scenario.target)
     clean = QueryBatch.build(ts, test.x)
-    natural = np.flatnonzero((clean.predicted != test.y) & (clean.predicted != scenario.target))
+    wanted = scenario.attack_indexes(test)
+    attack_all = QueryBatch.build(ts, scenario.attack_inputs(test).x)
+    sent = attack_all.predicted == scenario.target
+    # a triggered input counts when its clean version is not sent there anyway (label flips have no trigger)
+    hit = np.flatnonzero(sent & ((clean.predicted[wanted] != scenario.target) | (not scenario.triggers)))
+    wrong = clean.predicted != test.y
+    not_attacked = test.y != (scenario.source if scenario.source is not None else scenario.target)
+    natural = np.flatnonzero(wrong & (clean.predicted != scenario.target))
+    into_target = np.flatnonzero(wrong & (clean.predicted == scenario.target) & not_attacked)
 
     def pick(batch: QueryBatch, idx: np.ndarray) -> QueryBatch:
-        idx = np.sort(rng.permutation(idx)[:limit])
-        f = batch.features
-        from caltrain.accountability.fingerprints import Features
+        return batch.select(np.sort(rng.permutation(idx)[:limit]))
 
-        return QueryBatch(batch.x[idx], Features(f.embeddings[idx], f.fingerprints[idx], f.probs[idx]),
-                          batch.predicted[idx])
-
-    return Queries(pick(attack_all, hit), pick(clean, natural), len(hit) / max(1, len(attack_in)),
-                   float((clean.predicted == test.y).mean()))
+    return Queries(pick(attack_all, hit), pick(clean, natural), pick(clean, into_target),
+                   float(sent.mean()) if len(wanted) else None, float((clean.predicted == test.y).mean()))
 
 
 def _average_precision(relevant: np.ndarray, total_relevant: int) -> float:
@@ -72,53 +98,77 @@ def _average_precision(relevant: np.ndarray, total_relevant: int) -> float:
     return float((hits / np.arange(1, len(relevant) + 1))[relevant].sum() / min(total_relevant, len(relevant)))
 
 
-def _auroc(truth: np.ndarray, scores: np.ndarray) -> tuple[float, float]:
+def auroc(truth: np.ndarray, scores: np.ndarray) -> float | None:
     from sklearn.metrics import roc_auc_score
 
-    inspected = np.argsort(-scores, kind="stable")[: max(1, round(0.05 * len(scores)))]
-    return float(roc_auc_score(truth, scores)), float(truth[inspected].sum() / max(1, truth.sum()))
+    return float(roc_auc_score(truth, scores)) if 0 < truth.sum() < len(truth) else None
+
+
+def _mean(values: Sequence[float]) -> float | None:
+    return float(np.mean(values)) if len(values) else None
+
+
+def _named(answers: Sequence[Attribution], contributors: np.ndarray, labels: np.ndarray) -> set[int]:
+    return {e.contributor for e in name_contributors(answers, contributors, labels) if e.named}
+
+
+def _rates(named: set[int], malicious: Sequence[int], honest: Sequence[int]) -> tuple[float | None, float]:
+    tpr = len(named & set(malicious)) / len(malicious) if malicious else None
+    return tpr, len(named & set(honest)) / len(honest)
+
+
+def redeal(labels: np.ndarray, honest: int, rng: np.random.Generator, skew: float | None) -> np.ndarray:
+    """Every record dealt anew among `honest` participants (evenly, or Dirichlet(skew) label skew): by
+    construction nobody is responsible for anything, so anyone named is a false positive."""
+    out = np.empty(len(labels), np.int64)
+    for who, share in enumerate(deal(labels, np.arange(len(labels)), honest, rng, skew)):
+        out[share] = who
+    return out
 
 
 def score_method(
     method: AttributionMethod, ts: TrainingSet, scenario: Scenario, queries: Queries, *, seed: int = 0,
-    draws: int = 20,
+    draws: int = 20, redeals: int = 100, skew: float = 0.3,
 ) -> dict[str, Any]:
-    """Every metric of issue 4 item 5 for one fitted method."""
-    truth, malicious = scenario.poison_mask, set(scenario.malicious)
+    """Every metric of the benchmark for one fitted method (None where a metric does not apply)."""
+    truth, malicious, honest = scenario.poison_mask, scenario.malicious, scenario.honest
     start = time.perf_counter()
     answers = method.trace(queries.attack, k=100) if len(queries.attack) else []
     latency = (time.perf_counter() - start) / max(1, len(queries.attack))
-    rel_by_label = {c: int(truth[ts.y == c].sum()) for c in range(ts.num_classes)}
-    p10 = [float(truth[a.positions[:10]].mean()) for a in answers]
-    ap = [_average_precision(truth[a.positions], rel_by_label[int(lbl)])
-          for a, lbl in zip(answers, queries.attack.predicted, strict=True)]
-    rng = np.random.default_rng(seed)
-    out: dict[str, Any] = {
-        "queries": len(answers), "p10": _mean(p10), "ap": _mean(ap), "query_latency_ms": 1000 * latency,
-    }
-    for n in (1, 5, 10):
-        correct, prec, rec = [], [], []
-        for _ in range(draws if len(answers) > n else 1):
-            chosen = rng.permutation(len(answers))[:n]
-            ranking = rank_contributors([answers[i] for i in chosen], ts.contributors, labels=ts.y)
-            top = {c for c, _ in ranking[: len(malicious)]}
-            correct.append(float(top == malicious))
-            named = {c for c, s in ranking if s >= 0.25 * ranking[0][1]} if ranking else set()
-            prec.append(len(named & malicious) / max(1, len(named)))
-            rec.append(len(named & malicious) / len(malicious))
-        out[f"contributor_top1_at_{n}"] = _mean(correct) if answers else 0.0
-        out[f"contributor_precision_at_{n}"] = _mean(prec) if answers else 0.0
-        out[f"contributor_recall_at_{n}"] = _mean(rec) if answers else 0.0
-    susp = method.suspicion()
-    out["auroc"], out["recall_at_5pct"] = _auroc(truth, susp) if susp is not None else (None, None)
     natural = method.trace(queries.natural, k=10) if len(queries.natural) else []
-    out["natural_queries"] = len(natural)
-    out["natural_blamed"] = _mean([float(a.responsible) for a in natural]) if natural else None
+    into_target = method.trace(queries.natural_into_target, k=10) if len(queries.natural_into_target) else []
+    answered = [a for a in answers if a.responsible]
+    rel_by_label = {c: int(truth[ts.y == c].sum()) for c in range(ts.num_classes)}
+    out: dict[str, Any] = {
+        "queries": len(answers), "natural_queries": len(natural), "natural_into_target_queries": len(into_target),
+        "answered": _mean([float(a.responsible) for a in answers]),
+        "p10": _mean([float(truth[a.positions[:10]].mean()) for a in answered]),
+        "ap": _mean([_average_precision(truth[a.positions], rel_by_label[int(ts.y[a.positions[0]])])
+                     for a in answered if len(a.positions)]),
+        "natural_answered": _mean([float(a.responsible) for a in natural]),
+        "natural_into_target_answered": _mean([float(a.responsible) for a in into_target]),
+        "query_latency_ms": 1000 * latency,
+    }
+    susp = method.suspicion()
+    out["auroc"] = auroc(truth, susp) if susp is not None else None
+    named = _named(answers, ts.contributors, ts.y)
+    out["contributor_tpr"], out["contributor_fpr"] = _rates(named, malicious, honest)
+    out["contributors_named"] = len(named)
+    natural_named = _named([*natural, *into_target], ts.contributors, ts.y)
+    out["natural_contributor_fpr"] = _rates(natural_named, malicious, honest)[1]
+    rng = np.random.default_rng(seed)
+    if malicious and len(answers) > 10:
+        tprs = []
+        for _ in range(draws):
+            chosen = [answers[i] for i in rng.permutation(len(answers))[:10]]
+            tprs.append(_rates(_named(chosen, ts.contributors, ts.y), malicious, honest)[0] or 0.0)
+        out["contributor_tpr_at_10"] = _mean(tprs)
+    everything = [*answers, *natural, *into_target]
+    for scheme, alpha in (("even", None), ("dirichlet", skew)):
+        named_counts = [len(_named(everything, redeal(ts.y, len(honest), rng, alpha), ts.y)) for _ in range(redeals)]
+        out[f"redeal_fpr_{scheme}"] = float(np.sum(named_counts)) / (redeals * len(honest))
+        out[f"redeal_fwer_{scheme}"] = float(np.mean([n > 0 for n in named_counts]))
     return out
-
-
-def _mean(values: Sequence[float]) -> float:
-    return float(np.mean(values)) if len(values) else 0.0
 
 
 def accountability_report(
@@ -130,7 +180,7 @@ def accountability_report(
     *,
     method: str = "ours",
 ) -> dict[str, Any]:
-    """The demo's `"accountability"` block: trace `mispredicted` inputs and score the answer against the truth."""
+    """Trace `mispredicted` inputs and score the answer against the truth (precision@10, who is named, AUROC)."""
     x = np.concatenate([p.x for p in participants])
     y = np.concatenate([p.y for p in participants])
     contributors = np.concatenate([np.full(len(p), i) for i, p in enumerate(participants)])
@@ -139,12 +189,14 @@ def accountability_report(
     m = get_host_method(method)
     m.fit(ts)
     answers = m.trace(QueryBatch.build(ts, mispredicted), k=10)
-    ranking = rank_contributors(answers, contributors, labels=y)
+    named = _named(answers, contributors, y)
     susp = m.suspicion()
     return {
         "method": method,
-        "precision_at_10": _mean([float(truth[a.positions].mean()) for a in answers]),
-        "contributor_top1_correct": bool(ranking) and {c for c, _ in ranking[: len(malicious)]} == set(malicious),
-        "auroc": _auroc(truth, susp)[0] if susp is not None else None,
+        "precision_at_10": _mean([float(truth[a.positions].mean()) for a in answers if a.responsible]) or 0.0,
+        "answered": _mean([float(a.responsible) for a in answers]) or 0.0,
+        "contributors_named": sorted(named),
+        "all_guilty_named_no_innocent": named == set(malicious),
+        "auroc": auroc(truth, susp) if susp is not None else None,
         "queries": len(answers),
     }

@@ -50,6 +50,14 @@ class FingerprintIndex:
         out_d[:, :kk], out_p[:, :kk] = self._distances(raw), self._positions[label][local]
         return out_d, out_p
 
+    def _merged(self, q: np.ndarray, k: int, labels: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        """The k nearest over several labels' indexes."""
+        parts = [self._search_label(q, k, label) for label in labels] or [self._search_label(q, k, -1)]
+        d = np.concatenate([part[0] for part in parts], axis=1)
+        p = np.concatenate([part[1] for part in parts], axis=1)
+        order = np.argsort(d, axis=1, kind="stable")[:, :k]
+        return np.take_along_axis(d, order, 1), np.take_along_axis(p, order, 1)
+
     def search(
         self, queries: np.ndarray, k: int, labels: np.ndarray | int | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
@@ -61,15 +69,23 @@ class FingerprintIndex:
         if q.shape[1] != self.dim:
             raise ValueError(f"queries have dimension {q.shape[1]}, the index {self.dim}")
         if labels is None:
-            parts = [self._search_label(q, k, label) for label in self.labels]
-            d = np.concatenate([p[0] for p in parts], axis=1)
-            p = np.concatenate([p[1] for p in parts], axis=1)
-            order = np.argsort(d, axis=1, kind="stable")[:, :k]
-            return np.take_along_axis(d, order, 1), np.take_along_axis(p, order, 1)
+            return self._merged(q, k, self.labels)
         per_query = np.broadcast_to(np.asarray(labels, dtype=np.int64), (len(q),))
         out_d = np.full((len(q), k), np.inf, dtype=np.float32)
         out_p = np.full((len(q), k), -1, dtype=np.int64)
         for label in np.unique(per_query):
             rows = np.flatnonzero(per_query == label)
             out_d[rows], out_p[rows] = self._search_label(q[rows], k, int(label))
+        return out_d, out_p
+
+    def search_other_labels(self, queries: np.ndarray, k: int, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per query, its k nearest records whose label differs from the query's `labels` entry (same layout as
+        `search`)."""
+        q = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
+        per_query = np.broadcast_to(np.asarray(labels, dtype=np.int64), (len(q),))
+        out_d = np.full((len(q), k), np.inf, dtype=np.float32)
+        out_p = np.full((len(q), k), -1, dtype=np.int64)
+        for own in np.unique(per_query):
+            rows = np.flatnonzero(per_query == own)
+            out_d[rows], out_p[rows] = self._merged(q[rows], k, [label for label in self.labels if label != own])
         return out_d, out_p

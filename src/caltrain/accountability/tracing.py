@@ -1,18 +1,25 @@
 """Forensic queries over the verified linkage log (what the enclave answers): top-k records with proofs.
 
-The attribution method ranks positions; every position that leaves is turned into a `LinkageProof` that is checked
-against the signed root first, so an answer never names a record the log does not commit to.
+The attribution method ranks positions and decides, per query, whether training data explains it; every position
+that leaves is turned into a `LinkageProof` that is checked against the signed root first, so an answer never names
+a record the log does not commit to. Contributors are named by set detection over the answered queries' evidence
+records (`attribution.name_contributors`), with the evidence per contributor.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from caltrain.accountability.attribution import Attribution, AttributionMethod, QueryBatch, rank_contributors
+from caltrain.accountability.attribution import (
+    Attribution,
+    AttributionMethod,
+    ContributorEvidence,
+    QueryBatch,
+    name_contributors,
+)
 from caltrain.accountability.errors import LinkageTampered
 from caltrain.accountability.linkage import LinkageLog, LinkageProof
 
@@ -34,24 +41,38 @@ class QueryAnswer:
     records: tuple[TracedRecord, ...]
     confidence: float
     responsible: bool
+    evidence: int  # the first `evidence` records are the ones that explain the answer
+    details: dict[str, float]  # the method's per-query evidence
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "predicted": self.predicted, "confidence": self.confidence, "responsible": self.responsible,
             "verdict": "attributed" if self.responsible else NO_RESPONSIBLE_DATA,
+            "evidence_records": self.evidence if self.responsible else 0, "evidence": self.details,
             "records": [r.to_dict() for r in self.records],
         }
+
+
+@dataclass(frozen=True)
+class NamedContributor:
+    name: str
+    evidence: ContributorEvidence
+
+    def to_dict(self) -> dict[str, Any]:
+        e = self.evidence
+        return {"contributor": self.name, "blame": e.blame, "named": e.named, "p_value": e.p_value,
+                "records": e.records, "expected_records": e.expected, "answered_share": e.answers}
 
 
 @dataclass(frozen=True)
 class TraceReport:
     method: str
     answers: tuple[QueryAnswer, ...]
-    contributors: tuple[tuple[str, float], ...]  # (contributor, blame), most blamed first
+    contributors: tuple[NamedContributor, ...]  # every contributor with evidence, most significant first
 
     def to_dict(self) -> dict[str, Any]:
         return {"method": self.method, "answers": [a.to_dict() for a in self.answers],
-                "contributors": [{"contributor": c, "blame": b} for c, b in self.contributors]}
+                "contributors": [c.to_dict() for c in self.contributors]}
 
 
 class Tracer:
@@ -67,16 +88,14 @@ class Tracer:
     def trace(self, queries: QueryBatch, *, k: int = 10) -> TraceReport:
         attributions = self.method.trace(queries, k=k)
         answers = tuple(self._answer(int(p), a) for p, a in zip(queries.predicted, attributions, strict=True))
-        blame = rank_contributors(attributions, self._contributor_ids, k=k, labels=self._labels)
-        return TraceReport(self.method.name, answers, tuple((self._names[c], s) for c, s in blame))
+        named = name_contributors(attributions, self._contributor_ids, self._labels)
+        return TraceReport(self.method.name, answers, tuple(NamedContributor(self._names[e.contributor], e)
+                                                            for e in named))
 
     def _answer(self, predicted: int, att: Attribution) -> QueryAnswer:
         records = tuple(TracedRecord(self.log.prove(int(p)), float(s)) for p, s in zip(att.positions, att.scores,
                                                                                        strict=True))
         if any(r.proof.record.label != predicted for r in records):
             raise LinkageTampered("an answer names a record whose committed label is not the predicted one")
-        return QueryAnswer(predicted, records, att.confidence, att.responsible)
-
-
-def contributor_names(report: TraceReport) -> Sequence[str]:
-    return [c for c, _ in report.contributors]
+        return QueryAnswer(predicted, records, att.confidence, att.responsible, min(att.evidence, len(records)),
+                           att.details)

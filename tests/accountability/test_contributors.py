@@ -1,0 +1,95 @@
+"""Contributor naming is set detection with an exact false-positive control: every culprit named whatever its size,
+no honest contributor named when records are re-dealt, evenly or label-skewed."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy.stats import hypergeom
+
+from caltrain.accountability.attribution import Attribution, _hypergeometric_tail, name_contributors
+from caltrain.accountability.evaluation import redeal
+
+
+def _answers(evidence: np.ndarray, per_answer: int = 10) -> list[Attribution]:
+    chunks = [evidence[i : i + per_answer] for i in range(0, len(evidence), per_answer)]
+    return [Attribution(c, np.zeros(len(c)), evidence=len(c)) for c in chunks]
+
+
+def _population(rng: np.random.Generator, honest: int = 10, per_class: int = 400, classes: int = 5
+                ) -> tuple[np.ndarray, np.ndarray]:
+    labels = np.repeat(np.arange(classes), per_class)
+    return labels, rng.integers(0, honest, len(labels))
+
+
+@given(sizes=st.lists(st.integers(0, 12), min_size=1, max_size=4), population=st.integers(13, 60),
+       observed=st.integers(0, 30))
+@settings(max_examples=80, deadline=None)
+def test_tail_is_the_exact_hypergeometric_tail(sizes: list[int], population: int, observed: int) -> None:
+    draws = [(population, min(s, population), min(population, 2 * s + 1)) for s in sizes]
+    rng = np.random.default_rng(0)
+    sims = sum(hypergeom.rvs(n_pop, k, n, size=20000, random_state=rng) for n_pop, k, n in draws)
+    assert _hypergeometric_tail(observed, draws) == pytest.approx(float(np.mean(sims >= observed)), abs=0.015)
+    if len(draws) == 1:
+        assert _hypergeometric_tail(observed, draws) == pytest.approx(hypergeom.sf(observed - 1, *draws[0]), abs=1e-9)
+
+
+@pytest.mark.parametrize("poison_records", [5, 50, 500])
+def test_culprit_named_whatever_its_size(poison_records: int) -> None:
+    """A contributor that supplied 5 poison records is named like one that supplied 500; honest ones are not."""
+    rng = np.random.default_rng(1)
+    labels, contributors = _population(rng, per_class=2000)
+    target = np.flatnonzero(labels == 0)
+    culprit = rng.choice(target, poison_records, replace=False)
+    contributors[culprit] = 99
+    contributors[rng.choice(np.flatnonzero(labels == 3), 20, replace=False)] = 99  # camouflage elsewhere
+    noise = rng.choice(np.setdiff1d(target, culprit), 10, replace=False)  # some wrong evidence too
+    named = name_contributors(_answers(np.concatenate([culprit, noise])), contributors, labels)
+    assert [e.contributor for e in named if e.named] == [99]
+    assert named[0].records == poison_records and named[0].blame > 3
+
+
+def test_sybils_with_five_poison_records_each_all_named() -> None:
+    rng = np.random.default_rng(2)
+    labels, contributors = _population(rng, per_class=2000)
+    target = rng.permutation(np.flatnonzero(labels == 0))
+    evidence = []
+    for sybil in range(20):
+        mine = target[sybil * 5 : sybil * 5 + 5]
+        contributors[mine] = 100 + sybil
+        contributors[rng.choice(np.flatnonzero(labels != 0), 10, replace=False)] = 100 + sybil  # small clean share
+        evidence.append(mine)
+    named = {e.contributor for e in name_contributors(_answers(np.concatenate(evidence)), contributors, labels)
+             if e.named}
+    assert named == set(range(100, 120))
+
+
+def test_abstentions_name_nobody() -> None:
+    labels, contributors = _population(np.random.default_rng(3))
+    answer = Attribution(np.arange(10), np.zeros(10), 0.1, responsible=False)
+    assert name_contributors([answer], contributors, labels) == []
+
+
+@pytest.mark.parametrize("skew", [None, 0.3])
+def test_false_positive_rate_under_redealing(skew: float | None) -> None:
+    """Records re-dealt among honest contributors (so nobody is responsible) with evidence concentrated in one
+    class: the familywise rate of naming anyone stays under alpha = 0.01 (here: in 400 re-deals, at most 12)."""
+    rng = np.random.default_rng(4)
+    labels = np.repeat(np.arange(10), 300)
+    evidence = np.concatenate([rng.choice(np.flatnonzero(labels == 0), 150, replace=False),
+                               rng.choice(np.flatnonzero(labels == 4), 30, replace=False)])
+    answers = _answers(evidence)
+    anyone = [any(e.named for e in name_contributors(answers, redeal(labels, 10, rng, skew), labels))
+              for _ in range(400)]
+    assert sum(anyone) <= 12
+
+
+@given(labels=st.lists(st.integers(0, 3), min_size=1, max_size=200), honest=st.integers(1, 15),
+       skew=st.one_of(st.none(), st.floats(0.05, 3.0)), seed=st.integers(0, 2**31))
+@settings(max_examples=50, deadline=None)
+def test_redeal_keeps_every_record_and_only_honest_ids(labels: list[int], honest: int, skew: float | None,
+                                                       seed: int) -> None:
+    dealt = redeal(np.array(labels), honest, np.random.default_rng(seed), skew)
+    assert len(dealt) == len(labels) and set(dealt.tolist()) <= set(range(honest))
