@@ -1,7 +1,15 @@
-"""Forensic query latency and memory at 10^4, 10^5, 10^6 records (issue 4 item 7).
+"""Forensic search and the `ours` method's cost as the training set grows (10^4 … 10^6 records), one core.
 
-Synthetic unit 128-d fingerprints over 10 labels; one query at a time, exact search, label filter applied.
-Last line: JSON with "p50_ms_at_1e6".
+    python benchmarks/trace_scale.py                       # exact search latency and memory at 10^4, 10^5, 10^6
+    python benchmarks/trace_scale.py --ours MODEL.pt       # + `ours` fit and query on Fashion-MNIST subsets, and
+                                                           #   its neighbour searches at 10^5 and 10^6 (synthetic)
+
+Search rows: synthetic unit 128-d fingerprints over 10 labels; one query at a time, exact, label filter applied.
+`--ours` fits the method end to end on 10k / 20k / 60k Fashion-MNIST records with a trained zoo model (any
+`torch.save`d state dict of fmnist-cnn, e.g. one the accountability benchmark cached), and times the parts of the
+fit whose cost grows with N on synthetic vectors of the method's dimensions (64-d input projection, 128-d
+fingerprints): each all-records neighbour search is timed on 2,000 sampled rows and scaled to N. The transplant
+nulls and recipients are a fixed number of forward passes, independent of N. Last line: JSON.
 """
 
 from __future__ import annotations
@@ -15,11 +23,18 @@ import argparse  # noqa: E402
 import json  # noqa: E402
 import resource  # noqa: E402
 import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
 
 import faiss  # noqa: E402
 import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
+from caltrain.accountability.attribution import QueryBatch, TrainingSet, get_method  # noqa: E402
+from caltrain.accountability.fingerprints import l2_normalize  # noqa: E402
 from caltrain.accountability.search import FingerprintIndex  # noqa: E402
+from caltrain.data.datasets import load_dataset  # noqa: E402
+from caltrain.models.zoo import build_model  # noqa: E402
 
 
 def rss_mib() -> float:
@@ -62,12 +77,76 @@ def measure(n: int, *, dim: int, labels: int, queries: int, k: int, seed: int) -
     }
 
 
+def ours_end_to_end(model_path: Path, sizes: list[int], queries: int) -> list[dict[str, Any]]:
+    """`ours` fit and per-query trace time on real Fashion-MNIST subsets with a trained model."""
+    train, test = load_dataset("fashion-mnist")
+    model = build_model("fmnist-cnn")
+    model.load_state_dict(torch.load(model_path)["model"] if model_path.suffix == ".pt" else torch.load(model_path))
+    assert isinstance(model, torch.nn.Sequential)
+    model.eval()
+    rows = []
+    for n in sizes:
+        part = train.subset(np.random.default_rng(0).permutation(len(train))[:n])
+        ts = TrainingSet.build(model, part.x, part.y, np.zeros(n, np.int64))
+        method = get_method("ours")
+        t0 = time.perf_counter()
+        method.fit(ts)
+        fit_s = time.perf_counter() - t0
+        batch = QueryBatch.build(ts, test.x[:queries])
+        method.trace(batch.select(np.arange(1)), k=10)  # warm-up
+        single = []
+        for i in range(queries):
+            t0 = time.perf_counter()
+            method.trace(batch.select(np.arange(i, i + 1)), k=10)
+            single.append(1000 * (time.perf_counter() - t0))
+        t0 = time.perf_counter()
+        method.trace(batch, k=10)
+        batched = 1000 * (time.perf_counter() - t0) / queries
+        rows.append({"records": n, "fit_s": fit_s, "query_p50_ms": float(np.percentile(single, 50)),
+                     "query_p95_ms": float(np.percentile(single, 95)), "query_batched_ms": batched,
+                     "rss_mib": rss_mib()})
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def ours_searches(n: int, *, sample: int = 2000, seed: int = 0) -> dict[str, float]:
+    """The N-dependent parts of `ours` on synthetic vectors: all-records input-space kNN (label conflict), every
+    record's within-class embedding kNN (pooling), and one query's three searches (candidates, look-alikes,
+    surroundings). All-records searches are timed on `sample` rows and scaled to N."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 10, n)
+    pixels = rng.standard_normal((n, 64), dtype=np.float32)
+    fps = l2_normalize(rng.standard_normal((n, 128), dtype=np.float32))
+    rows = rng.choice(n, min(sample, n), replace=False)
+    flat = FingerprintIndex(pixels, np.zeros(n, np.int64), metric="l2")
+    by_label = FingerprintIndex(pixels, y, metric="l2")
+    embedding = FingerprintIndex(fps, y)
+    t0 = time.perf_counter()
+    flat.search(pixels[rows], 11, 0)
+    conflict_s = (time.perf_counter() - t0) * n / len(rows)
+    t0 = time.perf_counter()
+    embedding.search(fps[rows], 21, y[rows])
+    pooling_s = (time.perf_counter() - t0) * n / len(rows)
+    times = []
+    for i in rows[:100]:
+        t0 = time.perf_counter()
+        embedding.search(fps[i : i + 1], 100, y[i : i + 1])
+        by_label.search_other_labels(pixels[i : i + 1], 11, y[i : i + 1])
+        embedding.search(fps[i : i + 1], 21)
+        times.append(1000 * (time.perf_counter() - t0))
+    return {"records": n, "conflict_knn_s": conflict_s, "pooling_knn_s": pooling_s,
+            "query_searches_p50_ms": float(np.percentile(times, 50)), "rss_mib": rss_mib()}
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", nargs="+", type=int, default=[10**4, 10**5, 10**6])
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--k", type=int, default=10)
+    parser.add_argument("--ours", type=Path, help="a trained fmnist-cnn state dict: also measure the `ours` method")
+    parser.add_argument("--ours-sizes", nargs="+", type=int, default=[10**4, 2 * 10**4, 6 * 10**4])
     args = parser.parse_args()
+    torch.set_num_threads(1)
     faiss.omp_set_num_threads(1)
     rows = [measure(n, dim=128, labels=10, queries=args.queries, k=args.k, seed=0) for n in args.sizes]
     print("| records | p50 ms | p95 ms | numpy full scan p50 ms | build s | index MiB | RSS MiB |")
@@ -76,7 +155,16 @@ def main() -> None:
         print(f"| {r['records']:,} | {r['p50_ms']:.2f} | {r['p95_ms']:.2f} | {r['numpy_full_scan_p50_ms']:.1f} | "
               f"{r['build_s']:.2f} | {r['index_mib']:.0f} | {r['rss_mib']:.0f} |")
     at = {r["records"]: r for r in rows}
-    print(json.dumps({"rows": rows, "p50_ms_at_1e6": at[10**6]["p50_ms"] if 10**6 in at else None}))
+    result: dict[str, Any] = {"rows": rows, "p50_ms_at_1e6": at[10**6]["p50_ms"] if 10**6 in at else None}
+    if args.ours:
+        result["ours"] = ours_end_to_end(args.ours, args.ours_sizes, queries=50)
+        result["ours_searches"] = [ours_searches(n) for n in args.sizes]
+        print("| records | conflict kNN s | pooling kNN s | one query's searches p50 ms |")
+        print("|---|---|---|---|")
+        for r in result["ours_searches"]:
+            print(f"| {r['records']:,} | {r['conflict_knn_s']:.1f} | {r['pooling_knn_s']:.1f} | "
+                  f"{r['query_searches_p50_ms']:.2f} |")
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":

@@ -144,14 +144,21 @@ def test_tracer_report_carries_proofs_verdicts_and_contributor_evidence(backdoor
         assert answer["verdict"] in ("attributed", NO_RESPONSIBLE_DATA)
         for rec in answer["records"]:
             assert rec["record"]["label"] == answer["predicted"]
-    for rec in Tracer(log, method, ts.y).trace(q.attack, k=5).answers[0].records:
+    traced = Tracer(log, method, ts.y).trace(q.attack, k=5)
+    for rec in traced.answers[0].records:
         verify_linkage_proof(rec.proof, enclave.public_key, measurement=MEASUREMENT)
+    blamed = traced.contributors[0].proofs  # the named contributor can check every record it is blamed for
+    assert blamed and all(p.record.contributor == top["contributor"] for p in blamed)
+    for proof in blamed:
+        verify_linkage_proof(proof, enclave.public_key, measurement=MEASUREMENT)
+    assert len(top["evidence_records"]) == len(blamed)
     if method_name == "ours":
         clean = _clean_claimed_as_target(s)[:100]
         natural = Tracer(log, method, ts.y).trace(QueryBatch.build(ts, clean, np.full(len(clean), s.target)),
                                                   k=5).to_dict()
         assert np.mean([a["verdict"] == NO_RESPONSIBLE_DATA for a in natural["answers"]]) >= 0.97
-        assert not any(c["named"] for c in natural["contributors"])
+        named = {c["contributor"] for c in natural["contributors"] if c["named"]}
+        assert named <= {f"participant-{m}" for m in s.malicious}
         assert {"transplant", "transplant_p", "neighbourhood_conflict", "neighbourhood_p"} <= set(
             natural["answers"][0]["evidence"])
 

@@ -15,7 +15,7 @@ from caltrain.accountability.evaluation import redeal
 
 def _answers(evidence: np.ndarray, per_answer: int = 10) -> list[Attribution]:
     chunks = [evidence[i : i + per_answer] for i in range(0, len(evidence), per_answer)]
-    return [Attribution(c, np.zeros(len(c)), evidence=len(c)) for c in chunks]
+    return [Attribution(c, np.zeros(len(c)), support=c) for c in chunks]
 
 
 def _population(rng: np.random.Generator, honest: int = 10, per_class: int = 400, classes: int = 5

@@ -75,12 +75,13 @@ class Attribution:
     scores: np.ndarray
     confidence: float = 1.0
     responsible: bool = True
-    evidence: int = 10  # how many of the first positions are the records that explain the answer
+    support: np.ndarray | None = None  # the records the answer rests on (None: the first ten positions)
     details: dict[str, float] = field(default_factory=dict)  # per-query evidence the method reports
 
     @property
     def evidence_records(self) -> np.ndarray:
-        return self.positions[: self.evidence]
+        """What contributor naming counts: `support`, or the first ten positions for methods without one."""
+        return self.positions[:10] if self.support is None else self.support
 
 
 class AttributionMethod(ABC):
@@ -251,7 +252,8 @@ class Ours(AttributionMethod):
     name = "ours"
     neighbours = 10  # k of the input-space label conflict
     cluster_share = 0.01  # within-class embedding neighbourhood a record's conflict is pooled over, share of class
-    evidence = 10  # nearest records of the predicted class: the neighbourhood the answer rests on
+    support_share = 0.025  # best-ranked records an answer rests on (what contributor naming counts), share of the
+    # predicted class: a quarter of a poison set of 1% of the data, at least 10, at most `candidates`
     surroundings = 20  # nearest records of any label the mislabelled-neighbourhood test looks at
     candidates = 100  # records ranked per query
     lookalikes = 10  # a query's nearest records of other classes in input space: what it looks like
@@ -268,8 +270,9 @@ class Ours(AttributionMethod):
         self._index = FingerprintIndex(ts.features.fingerprints, ts.y)
         pixels, self._project = pixel_projection(ts.x)
         self._pixel_index = FingerprintIndex(pixels, ts.y, metric="l2")
-        sizes = np.bincount(ts.y)
+        sizes = np.bincount(ts.y, minlength=ts.num_classes)
         cluster = int(np.clip(round(self.cluster_share * np.median(sizes[sizes > 0])), 3, 20))
+        self._support = np.clip(np.round(self.support_share * sizes), 10, self.candidates).astype(int)
         self._suspicion = _pooled_conflict(ts, pixels, self._index, self.neighbours, cluster)
         # Recipients: the inputs of each class the model is surest of, so that only a strong feature moves them.
         sure = ts.features.probs[np.arange(len(ts.y)), ts.y]
@@ -352,9 +355,11 @@ class Ours(AttributionMethod):
             p_transfer = (_exceeds(moved, self._null(self._null_transfer, int(label)))
                           if moved >= self.min_transfer else 1.0)
             p_mislabelled = _exceeds(mislabelled, self._null(self._null_neighbourhood, int(label)))
-            att = rank_by_scores((1.0 - d) + self.ranking_weight * self._suspicion[cand], cand, k)
+            score = (1.0 - d) + self.ranking_weight * self._suspicion[cand]
+            order = np.argsort(-score, kind="stable")
             p = min(1.0, 2 * min(p_transfer, p_mislabelled))
-            out.append(Attribution(att.positions, att.scores, 1.0 - p, p < self.alpha, evidence=self.evidence,
+            out.append(Attribution(cand[order[:k]], score[order[:k]], 1.0 - p, p < self.alpha,
+                                   support=cand[order[: self._support[int(label)]]],
                                    details={"transplant": float(moved), "transplant_p": p_transfer,
                                             "neighbourhood_conflict": float(mislabelled),
                                             "neighbourhood_p": p_mislabelled}))
@@ -366,11 +371,16 @@ class ContributorEvidence:
     """How much one contributor's records explain the answered mispredictions, and whether that is beyond chance."""
 
     contributor: int
-    records: int  # distinct evidence records it supplied
+    positions: np.ndarray  # its evidence records, those supporting the most answers first
     expected: float  # how many it would supply if its records of each class were a random draw of that class
     answers: float  # share of answered queries whose evidence holds one of its records
     p_value: float  # exact one-sided: P(records >= observed) under that null
     named: bool
+
+    @property
+    def records(self) -> int:
+        """How many distinct evidence records it supplied."""
+        return len(self.positions)
 
     @property
     def blame(self) -> float:
@@ -404,7 +414,7 @@ def name_contributors(
     answered = [a for a in attributions if a.responsible and len(a.evidence_records)]
     if not answered:
         return []
-    evidence = np.unique(np.concatenate([a.evidence_records for a in answered]))
+    evidence, support = np.unique(np.concatenate([a.evidence_records for a in answered]), return_counts=True)
     everyone = np.unique(contributors)
     threshold = alpha / len(everyone)
     class_sizes = {int(c): int(n) for c, n in zip(*np.unique(labels, return_counts=True), strict=True)}
@@ -417,5 +427,7 @@ def name_contributors(
         p = _hypergeometric_tail(observed, draws)
         expected = sum(k * n / size for size, k, n in draws)
         share = float(np.mean([mine[a.evidence_records].any() for a in answered]))
-        out.append(ContributorEvidence(int(who), observed, expected, share, p, p < threshold))
+        own = mine[evidence]
+        positions = evidence[own][np.argsort(-support[own], kind="stable")]
+        out.append(ContributorEvidence(int(who), positions, expected, share, p, p < threshold))
     return sorted(out, key=lambda e: (e.p_value, -e.records, e.contributor))

@@ -41,14 +41,14 @@ class QueryAnswer:
     records: tuple[TracedRecord, ...]
     confidence: float
     responsible: bool
-    evidence: int  # the first `evidence` records are the ones that explain the answer
+    support: int  # how many records the answer rests on (what contributor naming counts)
     details: dict[str, float]  # the method's per-query evidence
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "predicted": self.predicted, "confidence": self.confidence, "responsible": self.responsible,
             "verdict": "attributed" if self.responsible else NO_RESPONSIBLE_DATA,
-            "evidence_records": self.evidence if self.responsible else 0, "evidence": self.details,
+            "supporting_records": self.support if self.responsible else 0, "evidence": self.details,
             "records": [r.to_dict() for r in self.records],
         }
 
@@ -57,11 +57,13 @@ class QueryAnswer:
 class NamedContributor:
     name: str
     evidence: ContributorEvidence
+    proofs: tuple[LinkageProof, ...]  # for a named contributor: its evidence records, most supporting first
 
     def to_dict(self) -> dict[str, Any]:
         e = self.evidence
         return {"contributor": self.name, "blame": e.blame, "named": e.named, "p_value": e.p_value,
-                "records": e.records, "expected_records": e.expected, "answered_share": e.answers}
+                "records": e.records, "expected_records": e.expected, "answered_share": e.answers,
+                "evidence_records": [p.to_dict() for p in self.proofs]}
 
 
 @dataclass(frozen=True)
@@ -76,7 +78,11 @@ class TraceReport:
 
 
 class Tracer:
-    """Answers forensic queries with a fitted method over a log whose positions are the method's record indexes."""
+    """Answers forensic queries with a fitted method over a log whose positions are the method's record indexes.
+    A named contributor's report carries inclusion proofs for up to `proofs_per_contributor` of its evidence
+    records, so it can check offline what it is blamed for."""
+
+    proofs_per_contributor = 50
 
     def __init__(self, log: LinkageLog, method: AttributionMethod, labels: np.ndarray) -> None:
         if len(labels) != len(log) or not np.array_equal(labels, log.labels):
@@ -89,13 +95,16 @@ class Tracer:
         attributions = self.method.trace(queries, k=k)
         answers = tuple(self._answer(int(p), a) for p, a in zip(queries.predicted, attributions, strict=True))
         named = name_contributors(attributions, self._contributor_ids, self._labels)
-        return TraceReport(self.method.name, answers, tuple(NamedContributor(self._names[e.contributor], e)
-                                                            for e in named))
+        return TraceReport(self.method.name, answers, tuple(
+            NamedContributor(self._names[e.contributor], e,
+                             tuple(self.log.prove(int(p)) for p in e.positions[: self.proofs_per_contributor])
+                             if e.named else ())
+            for e in named))
 
     def _answer(self, predicted: int, att: Attribution) -> QueryAnswer:
         records = tuple(TracedRecord(self.log.prove(int(p)), float(s)) for p, s in zip(att.positions, att.scores,
                                                                                        strict=True))
         if any(r.proof.record.label != predicted for r in records):
             raise LinkageTampered("an answer names a record whose committed label is not the predicted one")
-        return QueryAnswer(predicted, records, att.confidence, att.responsible, min(att.evidence, len(records)),
+        return QueryAnswer(predicted, records, att.confidence, att.responsible, len(att.evidence_records),
                            att.details)
