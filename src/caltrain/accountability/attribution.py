@@ -1,11 +1,13 @@
 """Attribution: which training records (and contributors) are responsible for a misprediction, behind one interface.
 
-Every method is fitted once on the enclave's view of the training set (`TrainingSet`) and then answers per-query
-rankings of the records labelled with the predicted class, plus, where it has one, a dataset-level suspicion score
-for every record. `caltrain-knn` is the seed (embedding kNN); `ours` scores every record by how much it looks like
-another class in input space, pooled over its embedding cluster and over its contributor's records of that class,
-and abstains ("no responsible training data found") when the records it would blame come from no contributor group
-that stands out against all groups.
+Every method is fitted once on the enclave's view of the training set (`TrainingSet`) and then answers, per query,
+a ranking of the records labelled with the predicted class, whether training data explains the misprediction at
+all, and the records the answer rests on; plus, where it has one, a dataset-level suspicion score for every record.
+`caltrain-knn` is the paper's method (embedding kNN, always answers); `ours` decides per query from two tests on
+the input itself (does what sets it apart send other inputs to the predicted class; does it sit in a pocket of
+records whose label their look contradicts) and otherwise answers "no responsible training data found".
+Contributors are named by set detection with an exact false-positive control (`name_contributors`). Only the
+methods meant to run inside the enclave are registered here; research baselines live host-side (`baselines`).
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 import numpy as np
-import torch
 from torch import nn
 
 from caltrain.accountability.errors import MethodAlreadyRegistered, UnknownMethod
@@ -214,20 +215,14 @@ def _pooled_conflict(ts: TrainingSet, pixels: np.ndarray, index: FingerprintInde
     return conflict[nbr].mean(axis=1)
 
 
-def _probabilities(model: nn.Module, x: np.ndarray, batch_size: int = 1024) -> np.ndarray:
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            xs = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
-            return torch.cat([torch.softmax(model(chunk), 1) for chunk in xs.split(batch_size)]).numpy()
-    finally:
-        model.train(was_training)
-
-
 def _exceeds(value: float, null: np.ndarray) -> float:
-    """Empirical one-sided p-value of `value` against `null` samples (never 0)."""
-    return float((1 + np.sum(null >= value)) / (1 + len(null)))
+    """Empirical one-sided p-value of `value` against the sorted `null` samples (never 0)."""
+    return float((1 + len(null) - np.searchsorted(null, value, side="left")) / (1 + len(null)))
+
+
+def _pooled(nulls: dict[int, np.ndarray], c: int) -> np.ndarray:
+    """The null samples of every class but `c`, sorted: an attack on c cannot move them."""
+    return np.sort(np.concatenate([v for other, v in nulls.items() if other != c] or [np.zeros(1)]))
 
 
 @register
@@ -242,11 +237,12 @@ class Ours(AttributionMethod):
     - mislabelled neighbourhood: the training records of the predicted class nearest the query in the model's
       embedding look like another class in input space (label flips, dirty-label poison).
 
-    Null of each: the same statistic for the training inputs nearest to every *other* class's boundary (their most
-    c'-like inputs of other classes, for each class c' other than the predicted one), so an attack on the predicted
-    class cannot move its own null. "Responsible" when either test's p-value is below `alpha` / 2. Records: the
-    nearest of the predicted class in the embedding, suspicious ones first among near equals. The dataset-level
-    ranking (`suspicion`) is the pooled input-space label conflict.
+    Null of each: the same statistic for the training inputs of other classes that the model takes for c' (its
+    natural confusions), for every class c' other than the predicted one, so an attack on the predicted class
+    cannot move its own null. "Responsible" when either test's p-value is below `alpha` / 2. Records: the nearest
+    of the predicted class in the embedding, suspicious ones first among near equals; the best-ranked share of the
+    class is the answer's support, which contributor naming counts. The dataset-level ranking (`suspicion`) is the
+    pooled input-space label conflict.
     """
 
     name = "ours"
@@ -280,8 +276,7 @@ class Ours(AttributionMethod):
                  for c in range(ts.num_classes) if len(idx := np.flatnonzero(ts.y == c))}
         self._recipients = {c: np.concatenate([pool for other, pool in pools.items() if other != c])
                             for c in range(ts.num_classes)}
-        self._base = {c: _probabilities(ts.model, ts.x[r])[:, c] if len(r) else np.zeros(0)
-                      for c, r in self._recipients.items()}
+        self._base = {c: compute_features(ts.model, ts.x[r]).probs[:, c] for c, r in self._recipients.items()}
         self._null_transfer: dict[int, np.ndarray] = {}
         self._null_neighbourhood: dict[int, np.ndarray] = {}
         for c in range(ts.num_classes):
@@ -298,6 +293,9 @@ class Ours(AttributionMethod):
                                                               np.full(len(sample), c), exclude=sample)
             sample = near[: self.null_transplants]
             self._null_transfer[c] = self._transfer(ts.x[sample], np.full(len(sample), c))
+        # pooled over every class but c, sorted for the p-values
+        self._pooled = {c: (_pooled(self._null_transfer, c), _pooled(self._null_neighbourhood, c))
+                        for c in range(ts.num_classes)}
 
     def suspicion(self) -> np.ndarray:
         return self._suspicion
@@ -327,18 +325,15 @@ class Ours(AttributionMethod):
         for query, near, label in zip(x, alike, predicted, strict=True):
             near = near[near >= 0]
             near = near[np.any(train[near] != query, axis=tuple(range(1, query.ndim + 1)))][: self.lookalikes]
-            batch.append(np.clip(train[self._recipients[int(label)]] + (query - train[near].mean(axis=0)), 0.0, 1.0))
-        probs = _probabilities(self._ts.model, np.concatenate(batch))
-        sizes = [len(b) for b in batch]
+            part = query - train[near].mean(axis=0) if len(near) else np.zeros_like(query)
+            batch.append(np.clip(train[self._recipients[int(label)]] + part, 0.0, 1.0))
+        probs = compute_features(self._ts.model, np.concatenate(batch)).probs
         out, start = [], 0
-        for label, n in zip(predicted, sizes, strict=True):
-            out.append(float(np.mean(probs[start : start + n, label] - self._base[int(label)])))
-            start += n
+        for label, b in zip(predicted, batch, strict=True):
+            rise = probs[start : start + len(b), label] - self._base[int(label)]
+            out.append(float(rise.mean()) if len(b) else 0.0)
+            start += len(b)
         return np.array(out)
-
-    def _null(self, nulls: dict[int, np.ndarray], c: int) -> np.ndarray:
-        """The pooled null of every class but `c`: an attack on c cannot move it."""
-        return np.concatenate([v for other, v in nulls.items() if other != c] or [np.zeros(1)])
 
     def trace(self, queries: QueryBatch, k: int = 10) -> list[Attribution]:
         if not len(queries):
@@ -352,9 +347,9 @@ class Ours(AttributionMethod):
                                                       strict=True):
             keep = cand >= 0
             d, cand = d[keep], cand[keep]
-            p_transfer = (_exceeds(moved, self._null(self._null_transfer, int(label)))
-                          if moved >= self.min_transfer else 1.0)
-            p_mislabelled = _exceeds(mislabelled, self._null(self._null_neighbourhood, int(label)))
+            null_transfer, null_neighbourhood = self._pooled[int(label)]
+            p_transfer = _exceeds(moved, null_transfer) if moved >= self.min_transfer else 1.0
+            p_mislabelled = _exceeds(mislabelled, null_neighbourhood)
             score = (1.0 - d) + self.ranking_weight * self._suspicion[cand]
             order = np.argsort(-score, kind="stable")
             p = min(1.0, 2 * min(p_transfer, p_mislabelled))
