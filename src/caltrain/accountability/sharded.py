@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from caltrain.accountability.attribution import Attribution, rank_contributors
+from caltrain.accountability.attribution import Attribution, name_contributors
 from caltrain.accountability.enclave_side import QueryRejected, _provenance, check_k, read_query
 from caltrain.accountability.errors import AccountabilityError, LinkageProofInvalid, LinkageTampered, ShardInvalid
 from caltrain.accountability.fingerprints import compute_features, model_hash
@@ -44,7 +44,7 @@ from caltrain.accountability.linkage import (
     verify_linkage_proof,
 )
 from caltrain.accountability.search import FingerprintIndex
-from caltrain.accountability.tracing import QueryAnswer, TracedRecord, TraceReport
+from caltrain.accountability.tracing import NamedContributor, QueryAnswer, TracedRecord, TraceReport
 from caltrain.crypto import aead
 from caltrain.crypto.errors import BadSignature, CryptoError, InvalidKey, ProofError
 from caltrain.crypto.hashing import tagged_hash
@@ -369,7 +369,9 @@ def trace(ctx: EnclaveContext, req: TraceQuery, member: Member) -> ForensicReply
     signed = SignedStatement.from_dict(plan.log["statement"])
     upper = MerkleTree.over_subtrees([bytes.fromhex(h) for h in plan.log["nodes"]])
     bits, n = block_bits(signed.statement.count), signed.statement.count
-    answers, attributions = [], []
+    answers: list[QueryAnswer] = []
+    attributions: list[Attribution] = []
+    proved: dict[int, LinkageProof] = {}
     for q, predicted in enumerate(pending.predicted):
         merged = sorted(
             (hit for rank in range(world) for hit in pending.hits[rank][q]),
@@ -378,14 +380,18 @@ def trace(ctx: EnclaveContext, req: TraceQuery, member: Member) -> ForensicReply
         traced = tuple(_proved(ctx, signed, upper, bits, n, hit) for hit in merged)
         if any(t.proof.record.label != predicted for t in traced):
             raise LinkageTampered("a shard answered with a record whose committed label is not the predicted one")
-        answers.append(QueryAnswer(predicted, traced, 1.0, True))
-        attributions.append(Attribution(np.array([t.proof.record.position for t in traced], dtype=np.int64),
-                                        np.array([t.score for t in traced])))
+        attribution = Attribution(np.array([t.proof.record.position for t in traced], dtype=np.int64),
+                                  np.array([t.score for t in traced]))
+        answers.append(QueryAnswer(predicted, traced, 1.0, True, len(attribution.evidence_records), {}))
+        attributions.append(attribution)
+        proved.update((t.proof.record.position, t.proof) for t in traced)
     _, contributors, _, _, _ = _provenance(job)
     names = sorted(set(contributors))
     ids = np.array([names.index(c) for c in contributors], dtype=np.int64)
-    blame = rank_contributors(attributions, ids, k=pending.k, labels=job.y.numpy())
-    report = TraceReport(METHOD, tuple(answers), tuple((names[c], s) for c, s in blame)).to_dict()
+    named = name_contributors(attributions, ids, job.y.numpy())
+    report = TraceReport(METHOD, tuple(answers), tuple(
+        NamedContributor(names[e.contributor], e, tuple(proved[int(p)] for p in e.positions) if e.named else ())
+        for e in named)).to_dict()
     report.update(job_id=req.job_id, k=pending.k, statement=signed.to_dict())
     return ForensicReply(report=report)
 

@@ -374,13 +374,12 @@ def _accountability(
 
     truth = np.array([r["record_id"] in poisoned for r in ranking])
     auroc = float(roc_auc_score(truth, [r["score"] for r in ranking]))
-    named = backdoor["contributors"][0]["contributor"] if backdoor["contributors"] else None
-    named_flip = flips["contributors"][0]["contributor"] if flips and flips["contributors"] else None
+    named, named_flip = _named(backdoor), _named(flips) if flips else []
     verified = homes[BACKDOOR].verify_trace(backdoor_doc, [containers[BACKDOOR]]) if backdoor_doc else 0
     say(
         f"7. auditor traced {len(backdoor['answers'])} triggered mispredictions inside the enclave: "
-        f"precision@10 {precision(backdoor):.2f} (paper's kNN: {precision(seed):.2f}); most blamed: {named}"
-        + (f"; the flips' mispredictions point at {named_flip}" if flips else "")
+        f"precision@10 {precision(backdoor):.2f} (paper's kNN: {precision(seed):.2f}); named: {named or 'nobody'}"
+        + (f"; the flips' mispredictions name {named_flip or 'nobody'}" if flips else "")
     )
     say(
         f"   every answer carries a Merkle proof against the enclave-signed log; {BACKDOOR} itself checked the "
@@ -389,26 +388,32 @@ def _accountability(
     return {
         "method": backdoor["method"],
         "precision_at_10": precision(backdoor),
-        "contributor_top1_correct": named == BACKDOOR,
+        "contributor_top1_correct": named == [BACKDOOR],
+        "contributors_named": named,
         "auroc": auroc,
         "queries": len(backdoor["answers"]),
         "attack_success_rate": float(hits.mean()),
         "seed_method": {
             "method": seed["method"],
             "precision_at_10": precision(seed),
-            "contributor_top1": seed["contributors"][0]["contributor"] if seed["contributors"] else None,
+            "contributors_named": _named(seed),
         },
         "label_flip": None
         if flips is None
         else {
             "queries": len(flips["answers"]),
-            "contributor_top1": named_flip,
-            "contributor_top1_correct": named_flip == FLIPPER,
+            "contributors_named": named_flip,
+            "contributor_top1_correct": named_flip == [FLIPPER],
             "attributed": sum(a["responsible"] for a in flips["answers"]),
         },
         "proofs_verified_by_participant": verified,
         "blame": backdoor["contributors"],
     }
+
+
+def _named(report: dict[str, Any]) -> list[str]:
+    """The contributors a trace names (set detection), not merely those with some evidence."""
+    return sorted(c["contributor"] for c in report["contributors"] if c.get("named"))
 
 
 def _summary(report: dict[str, Any], out: Path) -> None:
@@ -423,7 +428,7 @@ def _summary(report: dict[str, Any], out: Path) -> None:
     say(f"weights identical (FrontNet from the enclave + BackNet from the host vs plain): {t['weights_identical']}")
     a = report["accountability"]
     say(
-        f"backdoor traced to {a['blame'][0]['contributor'] if a['blame'] else 'nobody'} "
+        f"backdoor traced to {', '.join(a['contributors_named']) or 'nobody'} "
         f"(correct: {a['contributor_top1_correct']}), precision@10 {a['precision_at_10']:.2f}, AUROC {a['auroc']:.3f}"
     )
     say(f"report -> {out / 'report.json'}")

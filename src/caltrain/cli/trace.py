@@ -73,9 +73,12 @@ def _print_report(report: dict[str, Any]) -> None:
             f"  query {i}: predicted {answer['predicted']} -> {answer['verdict']} "
             f"(confidence {answer['confidence']:.2f}); top records {top}"
         )
-    print("contributors by blame:")
+    named = [row for row in report["contributors"] if row.get("named")]
+    print(f"contributors named: {', '.join(row['contributor'] for row in named) or 'nobody'}")
     for row in report["contributors"][:5]:
-        print(f"  {row['contributor']:<20} {row['blame']:.3f}")
+        verdict = "named" if row.get("named") else "not named"
+        print(f"  {row['contributor']:<20} {verdict:<9} {row['records']} evidence records "
+              f"(chance: {row['expected_records']:.1f}), p {row['p_value']:.2g}")
 
 
 def trace(args: argparse.Namespace) -> int:
