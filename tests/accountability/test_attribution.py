@@ -60,6 +60,20 @@ def test_backdoor_answered_with_its_poison_and_only_the_attacker_named(backdoor:
     assert roc_auc_score(truth, method.suspicion()) > 0.9
 
 
+def test_approximate_searches_give_the_same_answers(backdoor: Setup) -> None:
+    """Above `exact_up_to` records the method's neighbour searches are HNSW graphs: on the same model and queries
+    they give (nearly) the same decisions and name the same contributors as the exact ones."""
+    s, ts, q = backdoor
+    exact, approximate = get_method("ours"), get_method("ours")
+    approximate.exact_up_to = 0  # type: ignore[attr-defined]
+    exact.fit(ts)
+    approximate.fit(ts)
+    a, b = exact.trace(q.attack, k=10), approximate.trace(q.attack, k=10)
+    assert np.mean([x.responsible == y.responsible for x, y in zip(a, b, strict=True)]) >= 0.9
+    assert _named(a, ts) == _named(b, ts) == set(s.malicious)
+    assert np.corrcoef(exact.suspicion(), approximate.suspicion())[0, 1] > 0.95
+
+
 def _clean_claimed_as_target(s: Scenario) -> np.ndarray:
     _, test = load_dataset("digits")
     return test.x[test.y != s.target]

@@ -1,4 +1,4 @@
-"""Exactness of the per-label faiss search against a numpy brute force."""
+"""Exactness of the per-label faiss search against a numpy brute force; recall of the approximate (HNSW) mode."""
 
 from __future__ import annotations
 
@@ -48,3 +48,17 @@ def test_search_other_labels_matches_brute_force() -> None:
         np.testing.assert_allclose(dist[i], np.sqrt(np.sort(d2)[:7]), rtol=1e-4)
     _, alone = FingerprintIndex(x[:5], np.zeros(5, np.int64), metric="l2").search_other_labels(q[:2], 3, 0)
     assert (alone == -1).all()
+
+
+@pytest.mark.parametrize("metric", ["ip", "l2"])
+def test_approximate_mode_finds_nearly_every_true_neighbour(metric: str) -> None:
+    rng = np.random.default_rng(2)
+    x = l2_normalize(rng.standard_normal((20000, 32)).astype(np.float32))
+    y = rng.integers(0, 4, len(x))
+    q, ql = x[:300], y[:300]
+    _, exact = FingerprintIndex(x, y, metric=metric).search(q, 10, ql)  # type: ignore[arg-type]
+    dist, approx = FingerprintIndex(x, y, metric=metric, approximate=True).search(q, 10, ql)  # type: ignore[arg-type]
+    recall = np.mean([len(set(a) & set(e)) / 10 for a, e in zip(approx, exact, strict=True)])
+    assert recall >= 0.95
+    assert (np.diff(dist, axis=1) >= -1e-6).all() and (approx >= 0).all()
+    assert (y[approx] == ql[:, None]).all()  # the label filter holds

@@ -181,9 +181,9 @@ class CaltrainKnn(AttributionMethod):
         return [Attribution(p[p >= 0], 1.0 - d[p >= 0]) for d, p in zip(dist, pos, strict=True)]
 
 
-def _knn_conflict(points: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
+def _knn_conflict(points: np.ndarray, labels: np.ndarray, k: int, *, approximate: bool = False) -> np.ndarray:
     """Leave-one-out share of a record's k nearest neighbours (any label) whose label differs from its own."""
-    index = FingerprintIndex(points, np.zeros(len(points), np.int64), metric="l2")
+    index = FingerprintIndex(points, np.zeros(len(points), np.int64), metric="l2", approximate=approximate)
     _, pos = index.search(points, k + 1, 0)
     neighbours = pos[:, 1:]
     return (labels[neighbours] != labels[:, None]).mean(axis=1)
@@ -204,12 +204,12 @@ def pixel_projection(
     return project(x), project
 
 
-def _pooled_conflict(ts: TrainingSet, pixels: np.ndarray, index: FingerprintIndex, k: int, cluster: int
-                     ) -> np.ndarray:
+def _pooled_conflict(ts: TrainingSet, pixels: np.ndarray, index: FingerprintIndex, k: int, cluster: int,
+                     *, approximate: bool) -> np.ndarray:
     """Per record: input-space label conflict averaged over its within-class embedding neighbourhood. Dirty-label
     poison looks like another class in pixels (which the model cannot bend) and shares one cause, so the model puts
     it in a tight cluster where the conflict adds up; an isolated hard clean record is diluted."""
-    conflict = _knn_conflict(pixels, ts.y, k)
+    conflict = _knn_conflict(pixels, ts.y, k, approximate=approximate)
     _, nbr = index.search(ts.features.fingerprints, cluster + 1, ts.y)
     nbr = np.where(nbr < 0, np.arange(len(ts.y))[:, None], nbr)
     return conflict[nbr].mean(axis=1)
@@ -260,16 +260,19 @@ class Ours(AttributionMethod):
     alpha = 0.01  # per-query false-answer rate, both tests together (Bonferroni), against the nulls
     min_transfer = 0.2  # smallest mean rise in probability that counts as moving other inputs at all
     ranking_weight = 0.3  # suspicion's weight against cosine similarity in the per-query ranking
+    exact_up_to = 200_000  # records; above, neighbour searches use HNSW graphs (exact ones cost N² to fit)
 
     def fit(self, ts: TrainingSet) -> None:
         self._ts = ts
-        self._index = FingerprintIndex(ts.features.fingerprints, ts.y)
+        approximate = len(ts.y) > self.exact_up_to
+        self._index = FingerprintIndex(ts.features.fingerprints, ts.y, approximate=approximate)
         pixels, self._project = pixel_projection(ts.x)
-        self._pixel_index = FingerprintIndex(pixels, ts.y, metric="l2")
+        self._pixel_index = FingerprintIndex(pixels, ts.y, metric="l2", approximate=approximate)
         sizes = np.bincount(ts.y, minlength=ts.num_classes)
         cluster = int(np.clip(round(self.cluster_share * np.median(sizes[sizes > 0])), 3, 20))
         self._support = np.clip(np.round(self.support_share * sizes), 10, self.candidates).astype(int)
-        self._suspicion = _pooled_conflict(ts, pixels, self._index, self.neighbours, cluster)
+        self._suspicion = _pooled_conflict(ts, pixels, self._index, self.neighbours, cluster,
+                                           approximate=approximate)
         # Recipients: the inputs of each class the model is surest of, so that only a strong feature moves them.
         sure = ts.features.probs[np.arange(len(ts.y)), ts.y]
         pools = {c: idx[np.argsort(-sure[idx], kind="stable")][: self.recipients_per_class]

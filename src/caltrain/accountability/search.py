@@ -1,8 +1,10 @@
-"""Exact nearest-neighbour search over fingerprints, one faiss flat index per label.
+"""Nearest-neighbour search over fingerprints, one faiss index per label.
 
 A forensic query only ranks records carrying the predicted label, so splitting by label makes the label filter
 free and divides the scan by the number of classes (10^6 records over 10 labels: a 10^5 scan per query).
-Flat indexes are exact; distances are cosine distance (`ip`, on unit fingerprints) or Euclidean (`l2`).
+Flat indexes are exact; distances are cosine distance (`ip`, on unit fingerprints) or Euclidean (`l2`). Searches
+of *every* record against the rest cost N² when exact, so a method that needs them on millions of records asks
+for HNSW graphs instead (`approximate=True`): same interface, recall measured in the tests.
 """
 
 from __future__ import annotations
@@ -15,10 +17,16 @@ import numpy as np
 Metric = Literal["ip", "l2"]
 
 
-class FingerprintIndex:
-    """Exact k-NN over fingerprints with an optional per-query label filter; returns global record positions."""
+HNSW_LINKS = 32  # graph degree of an approximate index
+HNSW_SEARCH_DEPTH = 128  # candidates an approximate search keeps (faiss efSearch): recall against speed
 
-    def __init__(self, fingerprints: np.ndarray, labels: np.ndarray, *, metric: Metric = "ip") -> None:
+
+class FingerprintIndex:
+    """k-NN over fingerprints with an optional per-query label filter; returns global record positions. Exact
+    unless `approximate` (HNSW, for all-records searches over millions of records)."""
+
+    def __init__(self, fingerprints: np.ndarray, labels: np.ndarray, *, metric: Metric = "ip",
+                 approximate: bool = False) -> None:
         x = np.ascontiguousarray(fingerprints, dtype=np.float32)
         labels = np.asarray(labels, dtype=np.int64)
         if x.ndim != 2 or len(x) != len(labels):
@@ -28,7 +36,7 @@ class FingerprintIndex:
         self._indexes: dict[int, faiss.Index] = {}
         for label in np.unique(labels):
             pos = np.flatnonzero(labels == label)
-            index = faiss.IndexFlatIP(self.dim) if metric == "ip" else faiss.IndexFlatL2(self.dim)
+            index = _build(self.dim, metric, approximate)
             index.add(x[pos])
             self._positions[int(label)], self._indexes[int(label)] = pos, index
 
@@ -47,7 +55,9 @@ class FingerprintIndex:
             return out_d, out_p
         kk = min(k, index.ntotal)
         raw, local = index.search(q, kk)
-        out_d[:, :kk], out_p[:, :kk] = self._distances(raw), self._positions[label][local]
+        found = local >= 0  # an approximate search may return fewer than kk
+        out_d[:, :kk] = np.where(found, self._distances(raw), np.inf)
+        out_p[:, :kk] = np.where(found, self._positions[label][np.maximum(local, 0)], -1)
         return out_d, out_p
 
     def _merged(self, q: np.ndarray, k: int, labels: list[int]) -> tuple[np.ndarray, np.ndarray]:
@@ -89,3 +99,11 @@ class FingerprintIndex:
             rows = np.flatnonzero(per_query == own)
             out_d[rows], out_p[rows] = self._merged(q[rows], k, [label for label in self.labels if label != own])
         return out_d, out_p
+
+
+def _build(dim: int, metric: Metric, approximate: bool) -> faiss.Index:
+    if not approximate:
+        return faiss.IndexFlatIP(dim) if metric == "ip" else faiss.IndexFlatL2(dim)
+    index = faiss.IndexHNSWFlat(dim, HNSW_LINKS, faiss.METRIC_INNER_PRODUCT if metric == "ip" else faiss.METRIC_L2)
+    index.hnsw.efSearch = HNSW_SEARCH_DEPTH
+    return index
