@@ -68,6 +68,7 @@ def test_approximate_searches_give_the_same_answers(backdoor: Setup) -> None:
     approximate.exact_up_to = 0  # type: ignore[attr-defined]
     exact.fit(ts)
     approximate.fit(ts)
+    assert approximate._index.approximate and not exact._index.approximate  # type: ignore[attr-defined]
     a, b = exact.trace(q.attack, k=10), approximate.trace(q.attack, k=10)
     assert np.mean([x.responsible == y.responsible for x, y in zip(a, b, strict=True)]) >= 0.9
     assert _named(a, ts) == _named(b, ts) == set(s.malicious)

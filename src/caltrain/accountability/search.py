@@ -31,7 +31,7 @@ class FingerprintIndex:
         labels = np.asarray(labels, dtype=np.int64)
         if x.ndim != 2 or len(x) != len(labels):
             raise ValueError("fingerprints must be N×D with one label per row")
-        self.metric, self.dim, self.size = metric, x.shape[1], len(x)
+        self.metric, self.dim, self.size, self.approximate = metric, x.shape[1], len(x), approximate
         self._positions: dict[int, np.ndarray] = {}
         self._indexes: dict[int, faiss.Index] = {}
         for label in np.unique(labels):

@@ -25,9 +25,7 @@ def restore_datasets(ctx: EnclaveContext) -> None:
 
 
 def datasets(ctx: EnclaveContext) -> DatasetStore:
-    store = ctx.extensions[STORE]
-    assert isinstance(store, DatasetStore)
-    return store
+    return ctx.extension(STORE, DatasetStore)
 
 
 @ecall(GetEvidence)

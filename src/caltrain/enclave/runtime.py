@@ -14,7 +14,7 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from caltrain.attestation.registry import EvidenceCollector
 from caltrain.crypto.errors import CryptoError
@@ -44,6 +44,9 @@ class MonotonicCounters(Protocol):
     def counter_increment(self, name: str) -> int: ...
 
 
+T = TypeVar("T")
+
+
 @dataclass
 class EnclaveContext:
     """Everything the trusted code holds. Lives only in the enclave process."""
@@ -64,6 +67,13 @@ class EnclaveContext:
     @property
     def public_keys(self) -> EnclaveKeys:
         return EnclaveKeys(self.hpke.public_bytes, self.identity.public_key)
+
+    def extension(self, key: str, kind: type[T]) -> T:
+        """The state a module restored at boot (`on_boot`) under `key`, checked to be the `kind` it stored."""
+        value = self.extensions[key]
+        if not isinstance(value, kind):
+            raise TypeError(f"enclave state {key!r} is {type(value).__name__}, not {kind.__name__}")
+        return value
 
 
 Handler = Callable[..., Message]  # (ctx, request) for host requests, (ctx, request, member) for member requests

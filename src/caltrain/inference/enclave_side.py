@@ -116,9 +116,7 @@ def restore_deployments(ctx: EnclaveContext) -> None:
 
 
 def deployments(ctx: EnclaveContext) -> DeploymentRegistry:
-    registry = ctx.extensions[DEPLOYMENTS]
-    assert isinstance(registry, DeploymentRegistry)
-    return registry
+    return ctx.extension(DEPLOYMENTS, DeploymentRegistry)
 
 
 @dataclass

@@ -151,9 +151,7 @@ def restore_plans(ctx: EnclaveContext) -> None:
 
 
 def plans(ctx: EnclaveContext) -> ClusterRegistry:
-    registry = ctx.extensions[CLUSTERS]
-    assert isinstance(registry, ClusterRegistry)
-    return registry
+    return ctx.extension(CLUSTERS, ClusterRegistry)
 
 
 @dataclass

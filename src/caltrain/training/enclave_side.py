@@ -142,9 +142,7 @@ def restore_jobs(ctx: EnclaveContext) -> None:
 
 
 def jobs(ctx: EnclaveContext) -> JobRegistry:
-    registry = ctx.extensions[REGISTRY]
-    assert isinstance(registry, JobRegistry)
-    return registry
+    return ctx.extension(REGISTRY, JobRegistry)
 
 
 def policies(ctx: EnclaveContext, dataset_ids: list[str]) -> dict[str, DataUsePolicy]:
