@@ -181,7 +181,7 @@ class CaltrainKnn(AttributionMethod):
         return [Attribution(p[p >= 0], 1.0 - d[p >= 0]) for d, p in zip(dist, pos, strict=True)]
 
 
-def _knn_conflict(points: np.ndarray, labels: np.ndarray, k: int, *, approximate: bool = False) -> np.ndarray:
+def knn_label_conflict(points: np.ndarray, labels: np.ndarray, k: int, *, approximate: bool = False) -> np.ndarray:
     """Leave-one-out share of a record's k nearest neighbours (any label) whose label differs from its own."""
     index = FingerprintIndex(points, np.zeros(len(points), np.int64), metric="l2", approximate=approximate)
     _, pos = index.search(points, k + 1, 0)
@@ -209,7 +209,7 @@ def _pooled_conflict(ts: TrainingSet, pixels: np.ndarray, index: FingerprintInde
     """Per record: input-space label conflict averaged over its within-class embedding neighbourhood. Dirty-label
     poison looks like another class in pixels (which the model cannot bend) and shares one cause, so the model puts
     it in a tight cluster where the conflict adds up; an isolated hard clean record is diluted."""
-    conflict = _knn_conflict(pixels, ts.y, k, approximate=approximate)
+    conflict = knn_label_conflict(pixels, ts.y, k, approximate=approximate)
     _, nbr = index.search(ts.features.fingerprints, cluster + 1, ts.y)
     nbr = np.where(nbr < 0, np.arange(len(ts.y))[:, None], nbr)
     return conflict[nbr].mean(axis=1)

@@ -20,8 +20,8 @@ from caltrain.accountability.attribution import (
     QueryBatch,
     SuspicionRanking,
     TrainingSet,
-    _knn_conflict,
     available_methods,
+    knn_label_conflict,
 )
 from caltrain.accountability.errors import UnknownMethod
 from caltrain.accountability.search import FingerprintIndex
@@ -52,7 +52,7 @@ class PixelKnn(AttributionMethod):
     def fit(self, ts: TrainingSet) -> None:
         flat = ts.x.reshape(len(ts.x), -1)
         self._index = FingerprintIndex(flat, ts.y, metric="l2")
-        self._conflict = _knn_conflict(flat, ts.y, 10)
+        self._conflict = knn_label_conflict(flat, ts.y, 10)
 
     def trace(self, queries: QueryBatch, k: int = 10) -> list[Attribution]:
         dist, pos = self._index.search(queries.x.reshape(len(queries.x), -1), k, queries.predicted)
