@@ -6,15 +6,16 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from caltrain.data import load_dataset
-from caltrain.models import ZOO, ModelSpec, UnknownArchitecture, load_spec
+if TYPE_CHECKING:  # the models package imports torch: only when a command runs
+    from caltrain.models import ModelSpec
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("model", help="hash, show or check a model spec (a JSON file or a zoo name)")
     actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
-    spec_help = "a model spec JSON file, or a zoo model name: " + ", ".join(sorted(ZOO))
+    spec_help = "a model spec JSON file, or a zoo model name (an unknown name lists them)"
 
     h = actions.add_parser("hash", help="print the spec's canonical hash")
     h.add_argument("spec", help=spec_help)
@@ -35,6 +36,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def spec_from_arg(ref: str) -> ModelSpec:
     """A zoo name, else a spec file."""
+    from caltrain.models import ZOO, UnknownArchitecture, load_spec
+
     if ref in ZOO:
         return ZOO[ref]
     path = Path(ref)
@@ -72,6 +75,8 @@ def run_check(args: argparse.Namespace) -> int:
     if args.cut is not None:
         spec.cut_shape(args.cut)
     if args.data:
+        from caltrain.data import load_dataset
+
         train, test = load_dataset(args.data, root=args.data_root)
         for part in (train, test):
             spec.check_data(part.sample_shape, int(part.y.max()) + 1 if len(part) else 0)
