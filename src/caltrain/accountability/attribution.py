@@ -181,12 +181,22 @@ class CaltrainKnn(AttributionMethod):
         return [Attribution(p[p >= 0], 1.0 - d[p >= 0]) for d, p in zip(dist, pos, strict=True)]
 
 
-def knn_label_conflict(points: np.ndarray, labels: np.ndarray, k: int, *, approximate: bool = False) -> np.ndarray:
-    """Leave-one-out share of a record's k nearest neighbours (any label) whose label differs from its own."""
+def leave_one_out_neighbours(points: np.ndarray, k: int, *, approximate: bool = False) -> np.ndarray:
+    """Each point's k nearest other points (L2; -1 where an approximate search finds fewer)."""
     index = FingerprintIndex(points, np.zeros(len(points), np.int64), metric="l2", approximate=approximate)
     _, pos = index.search(points, k + 1, 0)
-    neighbours = pos[:, 1:]
-    return (labels[neighbours] != labels[:, None]).mean(axis=1)
+    return pos[:, 1:]
+
+
+def knn_label_conflict(points: np.ndarray, labels: np.ndarray, k: int, *, approximate: bool = False) -> np.ndarray:
+    """Leave-one-out share of a record's k nearest neighbours (any label) whose label differs from its own."""
+    return _label_conflict(leave_one_out_neighbours(points, k, approximate=approximate), labels)
+
+
+def _label_conflict(neighbours: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    found = neighbours >= 0
+    differs = found & (labels[np.maximum(neighbours, 0)] != labels[:, None])
+    return differs.sum(axis=1) / np.maximum(found.sum(axis=1), 1)
 
 
 def pixel_projection(
@@ -204,15 +214,49 @@ def pixel_projection(
     return project(x), project
 
 
-def _pooled_conflict(ts: TrainingSet, pixels: np.ndarray, index: FingerprintIndex, k: int, cluster: int,
-                     *, approximate: bool) -> np.ndarray:
-    """Per record: input-space label conflict averaged over its within-class embedding neighbourhood. Dirty-label
-    poison looks like another class in pixels (which the model cannot bend) and shares one cause, so the model puts
-    it in a tight cluster where the conflict adds up; an isolated hard clean record is diluted."""
-    conflict = knn_label_conflict(pixels, ts.y, k, approximate=approximate)
+def label_surprise(neighbours: np.ndarray, labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """Per record: how unlikely its label is, given its neighbours' labels (`neighbours`: positions, -1 for none)
+    and how readily the model itself takes one class for another. A neighbour of class a costs −log of the
+    geometric-mean probability the model gives the record's class c over the records of class a: a T-shirt among
+    shirts costs little (the model confuses them too), a T-shirt among trousers a lot. That is the signature of
+    dirty-label poison, which keeps its source class's look; a poisoned minority cannot move the model's view of
+    the source class, whose own trigger-free records keep their label."""
+    num_classes = probs.shape[1]
+    log_probs = np.log(np.maximum(probs, 1e-6))
+    confusable = np.zeros((num_classes, num_classes))
+    for a in np.unique(labels):
+        confusable[a] = log_probs[labels == a].mean(axis=0)
+    np.fill_diagonal(confusable, 0.0)
+    found = neighbours >= 0
+    cost = -confusable[labels[np.maximum(neighbours, 0)], labels[:, None]]
+    return np.where(found, cost, 0.0).sum(axis=1) / np.maximum(found.sum(axis=1), 1)
+
+
+def _pooled(ts: TrainingSet, score: np.ndarray, index: FingerprintIndex, cluster: int) -> np.ndarray:
+    """Per record: `score` averaged over its within-class embedding neighbourhood (`cluster` records). Dirty-label
+    poison shares one cause, so the model puts it in a tight cluster where its score adds up; an isolated hard
+    clean record is diluted."""
     _, nbr = index.search(ts.features.fingerprints, cluster + 1, ts.y)
     nbr = np.where(nbr < 0, np.arange(len(ts.y))[:, None], nbr)
-    return conflict[nbr].mean(axis=1)
+    return score[nbr].mean(axis=1)
+
+
+def _nearest(index: FingerprintIndex, points: np.ndarray, k: int, exclude: np.ndarray | None
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """The k nearest records of any label (distances, positions); `exclude`: per point, a position to leave out
+    (the point itself, when it is a training record)."""
+    dist, pos = index.search(points, k + 1)
+    if exclude is None:
+        return dist[:, :k], pos[:, :k]
+    keep = np.array([(row != own) | (own < 0) for row, own in zip(pos, exclude, strict=True)])
+    return (np.array([row[m][:k] for row, m in zip(dist, keep, strict=True)]),
+            np.array([row[m][:k] for row, m in zip(pos, keep, strict=True)]))
+
+
+def _finite_mean(distances: np.ndarray) -> np.ndarray:
+    """Row means over the distances a search found (an approximate one pads with inf); 0 for a row with none."""
+    found = np.isfinite(distances)
+    return np.where(found, distances, 0.0).sum(axis=1) / np.maximum(found.sum(axis=1), 1)
 
 
 def _exceeds(value: float, null: np.ndarray) -> float:
@@ -220,47 +264,73 @@ def _exceeds(value: float, null: np.ndarray) -> float:
     return float((1 + len(null) - np.searchsorted(null, value, side="left")) / (1 + len(null)))
 
 
-def _pooled(nulls: dict[int, np.ndarray], c: int) -> np.ndarray:
-    """The null samples of every class but `c`, sorted: an attack on c cannot move them."""
-    return np.sort(np.concatenate([v for other, v in nulls.items() if other != c] or [np.zeros(1)]))
+@dataclass(frozen=True)
+class JointNull:
+    """Several tests' statistics on the same null inputs (larger is more suspicious), calibrated as one: an
+    input's evidence is its smallest p-value over the tests, and its joint p-value is the share of null inputs
+    whose own smallest p-value (each left out of its column) is as small. So "any test fires" keeps its measured
+    rate, whatever the tests' correlation, where Bonferroni would only bound it."""
+
+    columns: np.ndarray  # N×tests, each column sorted
+    min_p: np.ndarray  # the null inputs' own smallest p-values, sorted
+
+    @classmethod
+    def of(cls, statistics: np.ndarray) -> JointNull:
+        n = len(statistics)
+        columns = np.sort(statistics, axis=0)
+        below = np.stack([np.searchsorted(columns[:, j], statistics[:, j], side="left")
+                          for j in range(statistics.shape[1])], axis=1)
+        return cls(columns, np.sort(((n - below) / max(n, 1)).min(axis=1)))
+
+    def p_values(self, row: np.ndarray) -> tuple[float, list[float]]:
+        """The joint p-value of one input's statistics, and each test's own."""
+        each = [_exceeds(value, self.columns[:, j]) for j, value in enumerate(row)]
+        return float((1 + np.searchsorted(self.min_p, min(each), side="right")) / (1 + len(self.min_p))), each
 
 
 @register
 class Ours(AttributionMethod):
-    """Per misprediction, two tests on *that input*, each against a null measured on this model, then the records
-    behind it (see docs/accountability.md):
+    """Per misprediction, three tests on *that input*, calibrated together against a null measured on this model,
+    then the records behind it (see docs/accountability.md):
 
     - transplant: the query minus the mean of its nearest look-alikes of other classes (in input space) is what
       sets it apart from inputs the model handles. Added to the inputs of every other class that the model is
       surest of, does it raise their probability of the predicted class? A backdoor trigger does (that is what a
       trigger is); what makes an input naturally confusable does not carry over to other inputs;
     - mislabelled neighbourhood: the training records of the predicted class nearest the query in the model's
-      embedding look like another class in input space (label flips, dirty-label poison).
+      embedding look like another class in input space (label flips, dirty-label poison);
+    - set-aside support: with the most label-surprising records set aside (`label_surprise`), the query's
+      nearest records move further away and stop voting for the predicted class. The query's prediction rests on
+      those records; this needs no additive trigger (a warp, a partial blend).
 
-    Null of each: the same statistic for the training inputs of other classes that the model takes for c' (its
-    natural confusions), for every class c' other than the predicted one, so an attack on the predicted class
-    cannot move its own null. "Responsible" when either test's p-value is below `alpha` / 2. Records: the nearest
-    of the predicted class in the embedding, suspicious ones first among near equals; the best-ranked share of the
-    class is the answer's support, which contributor naming counts. The dataset-level ranking (`suspicion`) is the
-    pooled input-space label conflict.
+    Null: the three statistics for the training inputs of other classes that the model takes for c' (its natural
+    confusions), for every class c' other than the predicted one, so an attack on the predicted class cannot move
+    its own null. A query's evidence is its smallest p-value over the tests, and its answer is "responsible" when
+    that is smaller than all but an `alpha` share of the null inputs' own smallest p-values: the union of the tests
+    is calibrated as one, whatever their correlation. Records: the nearest of the predicted class in the
+    embedding, suspicious ones first among near equals; the best-ranked share of the class is the answer's
+    support, which contributor naming counts. The dataset-level ranking (`suspicion`) is the pooled input-space
+    label conflict.
     """
 
     name = "ours"
-    neighbours = 10  # k of the input-space label conflict
-    cluster_share = 0.01  # within-class embedding neighbourhood a record's conflict is pooled over, share of class
+    neighbours = 10  # k of the input-space label conflict and surprise
+    cluster_share = 0.01  # within-class embedding neighbourhood a record's score is pooled over, share of class
     support_share = 0.025  # best-ranked records an answer rests on (what contributor naming counts), share of the
     # predicted class: a quarter of a poison set of 1% of the data, at least 10, at most `candidates`
     surroundings = 20  # nearest records of any label the mislabelled-neighbourhood test looks at
+    set_aside = 0.15  # share of all records, most label-surprising first, the set-aside test takes away
+    support_neighbours = 50  # nearest records of any label the set-aside test compares, with and without them
     candidates = 100  # records ranked per query
     lookalikes = 10  # a query's nearest records of other classes in input space: what it looks like
     recipients_per_class = 2  # surest inputs of each other class the query's distinctive part is added to
-    null_transplants = 100  # per class: inputs the transplant null is measured on, at most
-    null_neighbourhoods = 500  # per class: inputs the neighbourhood null is measured on, at most
-    null_minimum = 50  # per class: inputs the nulls are measured on, at least
-    alpha = 0.01  # per-query false-answer rate, both tests together (Bonferroni), against the nulls
+    null_inputs = 300  # per class: inputs the null is measured on, at most
+    null_minimum = 50  # per class: inputs the null is measured on, at least
+    alpha = 0.01  # per-query false-answer rate, the three tests together, against the null
     min_transfer = 0.2  # smallest mean rise in probability that counts as moving other inputs at all
     ranking_weight = 0.3  # suspicion's weight against cosine similarity in the per-query ranking
     exact_up_to = 200_000  # records; above, neighbour searches use HNSW graphs (exact ones cost N² to fit)
+    tests = ("transplant", "neighbourhood", "set_aside")
 
     def fit(self, ts: TrainingSet) -> None:
         self._ts = ts
@@ -271,8 +341,12 @@ class Ours(AttributionMethod):
         sizes = np.bincount(ts.y, minlength=ts.num_classes)
         cluster = int(np.clip(round(self.cluster_share * np.median(sizes[sizes > 0])), 3, 20))
         self._support = np.clip(np.round(self.support_share * sizes), 10, self.candidates).astype(int)
-        self._suspicion = _pooled_conflict(ts, pixels, self._index, self.neighbours, cluster,
-                                           approximate=approximate)
+        look_alikes = leave_one_out_neighbours(pixels, self.neighbours, approximate=approximate)
+        self._suspicion = _pooled(ts, _label_conflict(look_alikes, ts.y), self._index, cluster)
+        surprise = _pooled(ts, label_surprise(look_alikes, ts.y, ts.features.probs), self._index, cluster)
+        self._kept = np.flatnonzero(surprise <= np.quantile(surprise, 1.0 - self.set_aside))
+        self._kept_index = FingerprintIndex(ts.features.fingerprints[self._kept], ts.y[self._kept],
+                                            approximate=approximate)
         # Recipients: the inputs of each class the model is surest of, so that only a strong feature moves them.
         sure = ts.features.probs[np.arange(len(ts.y)), ts.y]
         pools = {c: idx[np.argsort(-sure[idx], kind="stable")][: self.recipients_per_class]
@@ -280,44 +354,62 @@ class Ours(AttributionMethod):
         self._recipients = {c: np.concatenate([pool for other, pool in pools.items() if other != c])
                             for c in range(ts.num_classes)}
         self._base = {c: compute_features(ts.model, ts.x[r]).probs[:, c] for c, r in self._recipients.items()}
-        self._null_transfer: dict[int, np.ndarray] = {}
-        self._null_neighbourhood: dict[int, np.ndarray] = {}
+        nulls: dict[int, np.ndarray] = {}
         for c in range(ts.num_classes):
             # training inputs of other classes the model takes for c (what a natural confusion is), topped up
             # with the most c-like ones when there are few
             others = np.flatnonzero(ts.y != c)
             confused = ts.features.predictions[others] == c
             near = others[np.lexsort((-ts.features.probs[others, c], ~confused))]
-            near = near[: max(int(confused.sum()), self.null_minimum)]
-            if not len(near) or not len(self._recipients[c]):
-                continue
-            sample = near[: self.null_neighbourhoods]
-            self._null_neighbourhood[c] = self._neighbourhood(ts.features.fingerprints[sample],
-                                                              np.full(len(sample), c), exclude=sample)
-            sample = near[: self.null_transplants]
-            self._null_transfer[c] = self._transfer(ts.x[sample], np.full(len(sample), c))
-        # pooled over every class but c, sorted for the p-values
-        self._pooled = {c: (_pooled(self._null_transfer, c), _pooled(self._null_neighbourhood, c))
-                        for c in range(ts.num_classes)}
+            sample = near[: min(max(int(confused.sum()), self.null_minimum), self.null_inputs)]
+            if len(sample) and len(self._recipients[c]):
+                nulls[c] = self._tested(self._statistics(ts.x[sample], ts.features.fingerprints[sample],
+                                                         np.full(len(sample), c), exclude=sample))
+        # per predicted class c: the null inputs of every other class
+        self._null = {c: JointNull.of(np.concatenate([v for other, v in nulls.items() if other != c]
+                                                     or [np.zeros((1, len(self.tests)))]))
+                      for c in range(ts.num_classes)}
 
     def suspicion(self) -> np.ndarray:
         return self._suspicion
 
-    def _neighbourhood(self, fingerprints: np.ndarray, predicted: np.ndarray, *, exclude: np.ndarray | None = None
+    def _statistics(self, x: np.ndarray, fingerprints: np.ndarray, predicted: np.ndarray, *,
+                    exclude: np.ndarray | None = None) -> np.ndarray:
+        """Per input, the statistics of `tests` (N×3, larger is more suspicious)."""
+        return np.stack([self._transfer(x, predicted), self._neighbourhood(fingerprints, predicted, exclude),
+                         self._set_aside_support(fingerprints, predicted, exclude)], axis=1)
+
+    def _tested(self, statistics: np.ndarray) -> np.ndarray:
+        """What the null compares: a transplant below `min_transfer` counts as none at all."""
+        return np.column_stack([np.where(statistics[:, 0] >= self.min_transfer, statistics[:, 0], -np.inf),
+                                statistics[:, 1:]])
+
+    def _neighbourhood(self, fingerprints: np.ndarray, predicted: np.ndarray, exclude: np.ndarray | None
                        ) -> np.ndarray:
         """Per input, over its nearest training records of any label in the embedding (its surroundings): the
         share carrying the predicted label, squared, times their mean pooled conflict. High when the input sits in
-        a pocket of records labelled with the prediction that look like another class. `exclude`: per input, a
-        training position to leave out (the input itself, when it is a training record)."""
-        _, near = self._index.search(fingerprints, self.surroundings + 1)
-        if exclude is None:
-            near = near[:, : self.surroundings]
-        else:
-            near = np.array([row[row != own][: self.surroundings] for row, own in zip(near, exclude, strict=True)])
+        a pocket of records labelled with the prediction that look like another class."""
+        _, near = _nearest(self._index, fingerprints, self.surroundings, exclude)
         same = (near >= 0) & (self._ts.y[np.maximum(near, 0)] == predicted[:, None])
         purity = same.mean(axis=1)
         conflict = np.where(same, self._suspicion[np.maximum(near, 0)], 0.0).sum(axis=1) / np.maximum(same.sum(1), 1)
         return purity**2 * conflict
+
+    def _set_aside_support(self, fingerprints: np.ndarray, predicted: np.ndarray, exclude: np.ndarray | None
+                           ) -> np.ndarray:
+        """Per input: how much nearer its nearest records are than its nearest kept ones (the most surprising set
+        aside), times how much of their vote for the predicted class goes with the set-aside ones."""
+        k, y, kept = self.support_neighbours, self._ts.y, self._kept
+        near_d, near = _nearest(self._index, fingerprints, k, exclude)
+        if exclude is not None:  # to positions in the kept index (-1, matching nothing, for one set aside)
+            at = np.minimum(np.searchsorted(kept, exclude), len(kept) - 1)
+            exclude = np.where(kept[at] == exclude, at, -1)
+        kept_d, kept_near = _nearest(self._kept_index, fingerprints, k, exclude)
+        kept_near = np.where(kept_near >= 0, kept[np.maximum(kept_near, 0)], -1)  # local positions to records
+        votes = ((near >= 0) & (y[np.maximum(near, 0)] == predicted[:, None])).mean(axis=1)
+        kept_votes = ((kept_near >= 0) & (y[np.maximum(kept_near, 0)] == predicted[:, None])).mean(axis=1)
+        closer = _finite_mean(kept_d) - _finite_mean(near_d)
+        return closer * np.clip(votes - kept_votes, 0.0, None)
 
     def _transfer(self, x: np.ndarray, predicted: np.ndarray) -> np.ndarray:
         """Per input: mean rise in the predicted class's probability when its distinctive part (input − mean of its
@@ -343,24 +435,20 @@ class Ours(AttributionMethod):
             return []
         dist, shortlist = self._index.search(queries.features.fingerprints, max(k, self.candidates),
                                              queries.predicted)
-        transfer = self._transfer(queries.x, queries.predicted)
-        neighbourhood = self._neighbourhood(queries.features.fingerprints, queries.predicted)
+        stats = self._statistics(queries.x, queries.features.fingerprints, queries.predicted)
         out = []
-        for d, cand, moved, mislabelled, label in zip(dist, shortlist, transfer, neighbourhood, queries.predicted,
-                                                      strict=True):
+        for d, cand, row, tested, label in zip(dist, shortlist, stats, self._tested(stats), queries.predicted,
+                                               strict=True):
             keep = cand >= 0
             d, cand = d[keep], cand[keep]
-            null_transfer, null_neighbourhood = self._pooled[int(label)]
-            p_transfer = _exceeds(moved, null_transfer) if moved >= self.min_transfer else 1.0
-            p_mislabelled = _exceeds(mislabelled, null_neighbourhood)
+            p, p_tests = self._null[int(label)].p_values(tested)
             score = (1.0 - d) + self.ranking_weight * self._suspicion[cand]
             order = np.argsort(-score, kind="stable")
-            p = min(1.0, 2 * min(p_transfer, p_mislabelled))
+            details = {"p": p, **{f"{name}_p": value for name, value in zip(self.tests, p_tests, strict=True)},
+                       "transplant": float(row[0]), "neighbourhood_conflict": float(row[1]),
+                       "set_aside_support": float(row[2])}
             out.append(Attribution(cand[order[:k]], score[order[:k]], 1.0 - p, p < self.alpha,
-                                   support=cand[order[: self._support[int(label)]]],
-                                   details={"transplant": float(moved), "transplant_p": p_transfer,
-                                            "neighbourhood_conflict": float(mislabelled),
-                                            "neighbourhood_p": p_mislabelled}))
+                                   support=cand[order[: self._support[int(label)]]], details=details))
         return out
 
 
