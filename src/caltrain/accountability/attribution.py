@@ -3,9 +3,11 @@
 Every method is fitted once on the enclave's view of the training set (`TrainingSet`) and then answers, per query,
 a ranking of the records labelled with the predicted class, whether training data explains the misprediction at
 all, and the records the answer rests on; plus, where it has one, a dataset-level suspicion score for every record.
-`caltrain-knn` is the paper's method (embedding kNN, always answers); `ours` decides per query from two tests on
+`caltrain-knn` is the paper's method (embedding kNN, always answers); `ours` decides per query from three tests on
 the input itself (does what sets it apart send other inputs to the predicted class; does it sit in a pocket of
-records whose label their look contradicts) and otherwise answers "no responsible training data found".
+records whose label their look contradicts; does its neighbourhood stop voting for the prediction once the most
+label-surprising records are set aside), calibrated together, and otherwise answers "no responsible training data
+found".
 Contributors are named by set detection with an exact false-positive control (`name_contributors`). Only the
 methods meant to run inside the enclave are registered here; research baselines live host-side (`baselines`).
 """
@@ -232,13 +234,12 @@ def label_surprise(neighbours: np.ndarray, labels: np.ndarray, probs: np.ndarray
     return np.where(found, cost, 0.0).sum(axis=1) / np.maximum(found.sum(axis=1), 1)
 
 
-def _pooled(ts: TrainingSet, score: np.ndarray, index: FingerprintIndex, cluster: int) -> np.ndarray:
-    """Per record: `score` averaged over its within-class embedding neighbourhood (`cluster` records). Dirty-label
-    poison shares one cause, so the model puts it in a tight cluster where its score adds up; an isolated hard
-    clean record is diluted."""
+def _within_class_cluster(ts: TrainingSet, index: FingerprintIndex, cluster: int) -> np.ndarray:
+    """Each record's `cluster` + 1 nearest records of its own label in the embedding (itself among them), what a
+    per-record score is pooled over: dirty-label poison shares one cause, so the model puts it in a tight cluster
+    where its score adds up, while an isolated hard clean record is diluted."""
     _, nbr = index.search(ts.features.fingerprints, cluster + 1, ts.y)
-    nbr = np.where(nbr < 0, np.arange(len(ts.y))[:, None], nbr)
-    return score[nbr].mean(axis=1)
+    return np.where(nbr < 0, np.arange(len(ts.y))[:, None], nbr)
 
 
 def _nearest(index: FingerprintIndex, points: np.ndarray, k: int, exclude: np.ndarray | None
@@ -342,8 +343,9 @@ class Ours(AttributionMethod):
         cluster = int(np.clip(round(self.cluster_share * np.median(sizes[sizes > 0])), 3, 20))
         self._support = np.clip(np.round(self.support_share * sizes), 10, self.candidates).astype(int)
         look_alikes = leave_one_out_neighbours(pixels, self.neighbours, approximate=approximate)
-        self._suspicion = _pooled(ts, _label_conflict(look_alikes, ts.y), self._index, cluster)
-        surprise = _pooled(ts, label_surprise(look_alikes, ts.y, ts.features.probs), self._index, cluster)
+        pool = _within_class_cluster(ts, self._index, cluster)
+        self._suspicion = _label_conflict(look_alikes, ts.y)[pool].mean(axis=1)
+        surprise = label_surprise(look_alikes, ts.y, ts.features.probs)[pool].mean(axis=1)
         self._kept = np.flatnonzero(surprise <= np.quantile(surprise, 1.0 - self.set_aside))
         self._kept_index = FingerprintIndex(ts.features.fingerprints[self._kept], ts.y[self._kept],
                                             approximate=approximate)
