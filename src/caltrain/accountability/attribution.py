@@ -195,10 +195,16 @@ def knn_label_conflict(points: np.ndarray, labels: np.ndarray, k: int, *, approx
     return _label_conflict(leave_one_out_neighbours(points, k, approximate=approximate), labels)
 
 
-def _label_conflict(neighbours: np.ndarray, labels: np.ndarray) -> np.ndarray:
+def _neighbour_cost(neighbours: np.ndarray, labels: np.ndarray, cost: np.ndarray) -> np.ndarray:
+    """Per record, the mean of cost[neighbour's label, own label] over the neighbours found (-1: none)."""
     found = neighbours >= 0
-    differs = found & (labels[np.maximum(neighbours, 0)] != labels[:, None])
-    return differs.sum(axis=1) / np.maximum(found.sum(axis=1), 1)
+    each = cost[labels[np.maximum(neighbours, 0)], labels[:, None]]
+    return np.where(found, each, 0.0).sum(axis=1) / np.maximum(found.sum(axis=1), 1)
+
+
+def _label_conflict(neighbours: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    classes = int(labels.max()) + 1 if len(labels) else 0
+    return _neighbour_cost(neighbours, labels, 1.0 - np.eye(classes))
 
 
 def pixel_projection(
@@ -229,9 +235,7 @@ def label_surprise(neighbours: np.ndarray, labels: np.ndarray, probs: np.ndarray
     for a in np.unique(labels):
         confusable[a] = log_probs[labels == a].mean(axis=0)
     np.fill_diagonal(confusable, 0.0)
-    found = neighbours >= 0
-    cost = -confusable[labels[np.maximum(neighbours, 0)], labels[:, None]]
-    return np.where(found, cost, 0.0).sum(axis=1) / np.maximum(found.sum(axis=1), 1)
+    return _neighbour_cost(neighbours, labels, -confusable)
 
 
 def _within_class_cluster(ts: TrainingSet, index: FingerprintIndex, cluster: int) -> np.ndarray:
@@ -377,32 +381,34 @@ class Ours(AttributionMethod):
 
     def _statistics(self, x: np.ndarray, fingerprints: np.ndarray, predicted: np.ndarray, *,
                     exclude: np.ndarray | None = None) -> np.ndarray:
-        """Per input, the statistics of `tests` (N×3, larger is more suspicious)."""
-        return np.stack([self._transfer(x, predicted), self._neighbourhood(fingerprints, predicted, exclude),
-                         self._set_aside_support(fingerprints, predicted, exclude)], axis=1)
+        """Per input, the statistics of `tests` (N×3, larger is more suspicious). The pocket and set-aside tests
+        share one search of the nearest records of any label."""
+        near_d, near = _nearest(self._index, fingerprints, max(self.surroundings, self.support_neighbours), exclude)
+        return np.stack([self._transfer(x, predicted), self._neighbourhood(near[:, : self.surroundings], predicted),
+                         self._set_aside_support(near_d[:, : self.support_neighbours],
+                                                 near[:, : self.support_neighbours], fingerprints, predicted,
+                                                 exclude)], axis=1)
 
     def _tested(self, statistics: np.ndarray) -> np.ndarray:
         """What the null compares: a transplant below `min_transfer` counts as none at all."""
         return np.column_stack([np.where(statistics[:, 0] >= self.min_transfer, statistics[:, 0], -np.inf),
                                 statistics[:, 1:]])
 
-    def _neighbourhood(self, fingerprints: np.ndarray, predicted: np.ndarray, exclude: np.ndarray | None
-                       ) -> np.ndarray:
-        """Per input, over its nearest training records of any label in the embedding (its surroundings): the
-        share carrying the predicted label, squared, times their mean pooled conflict. High when the input sits in
-        a pocket of records labelled with the prediction that look like another class."""
-        _, near = _nearest(self._index, fingerprints, self.surroundings, exclude)
+    def _neighbourhood(self, near: np.ndarray, predicted: np.ndarray) -> np.ndarray:
+        """Per input, over its nearest training records of any label in the embedding (`near`, its surroundings):
+        the share carrying the predicted label, squared, times their mean pooled conflict. High when the input sits
+        in a pocket of records labelled with the prediction that look like another class."""
         same = (near >= 0) & (self._ts.y[np.maximum(near, 0)] == predicted[:, None])
         purity = same.mean(axis=1)
         conflict = np.where(same, self._suspicion[np.maximum(near, 0)], 0.0).sum(axis=1) / np.maximum(same.sum(1), 1)
         return purity**2 * conflict
 
-    def _set_aside_support(self, fingerprints: np.ndarray, predicted: np.ndarray, exclude: np.ndarray | None
-                           ) -> np.ndarray:
-        """Per input: how much nearer its nearest records are than its nearest kept ones (the most surprising set
-        aside), times how much of their vote for the predicted class goes with the set-aside ones."""
-        k, y, kept = self.support_neighbours, self._ts.y, self._kept
-        near_d, near = _nearest(self._index, fingerprints, k, exclude)
+    def _set_aside_support(self, near_d: np.ndarray, near: np.ndarray, fingerprints: np.ndarray,
+                           predicted: np.ndarray, exclude: np.ndarray | None) -> np.ndarray:
+        """Per input: how much nearer its nearest records (`near`, at distances `near_d`) are than its nearest kept
+        ones (the most surprising set aside), times how much of their vote for the predicted class goes with the
+        set-aside ones."""
+        k, y, kept = near.shape[1], self._ts.y, self._kept
         if exclude is not None:  # to positions in the kept index (-1, matching nothing, for one set aside)
             at = np.minimum(np.searchsorted(kept, exclude), len(kept) - 1)
             exclude = np.where(kept[at] == exclude, at, -1)
