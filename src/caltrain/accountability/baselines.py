@@ -8,6 +8,8 @@ inside `fit` (they cost seconds to import).
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 from torch import nn
@@ -64,12 +66,15 @@ class PixelKnn(AttributionMethod):
 
 @register
 class TracInCPFast(AttributionMethod):
-    """captum's TracInCPFast (last layer, every epoch checkpoint); dataset level: its self-influence."""
+    """captum's TracIn over the last layer at the replayed checkpoints, in its interactive form
+    (`TracInCPFastRandProj` without a projection: exact scores, each training record's per-checkpoint gradient
+    factors computed once at fit, so a query batch is one matrix product); dataset level: its self-influence, the
+    squared norm of those same factors."""
 
     name = "tracin-cp-fast"
 
     def fit(self, ts: TrainingSet) -> None:
-        from captum.influence import TracInCPFast as Captum
+        from captum.influence import TracInCPFastRandProj
 
         model = ts.model
         checkpoints = ts.checkpoints or [model.state_dict()]
@@ -80,14 +85,18 @@ class TracInCPFast(AttributionMethod):
 
         final = {k: v.clone() for k, v in model.state_dict().items()}
         data = torch.utils.data.TensorDataset(torch.from_numpy(ts.x), torch.from_numpy(ts.y))
-        self._tracin = Captum(model, model[-1], data, checkpoints, checkpoints_load_func=load,
-                              loss_fn=nn.CrossEntropyLoss(reduction="sum"), batch_size=2048)
-        self._self = self._tracin.self_influence(show_progress=False).numpy()
+        with warnings.catch_warnings():  # the factors held in memory: classes × last-layer inputs × checkpoints
+            warnings.filterwarnings("ignore", message=".*stores quantities related to the entire")
+            self._tracin = TracInCPFastRandProj(model, model[-1], data, checkpoints, checkpoints_load_func=load,
+                                                loss_fn=nn.CrossEntropyLoss(reduction="sum"), batch_size=2048,
+                                                nearest_neighbors=_exact_neighbours(), projection_dim=None)
+        self._self = (self._tracin.src_intermediate_quantities**2).sum(dim=1).numpy()
         model.load_state_dict(final)
         self._y, self._final = ts.y, final
 
     def trace(self, queries: QueryBatch, k: int = 10) -> list[Attribution]:
-        scores = self._tracin.influence((torch.from_numpy(queries.x), torch.from_numpy(queries.predicted))).numpy()
+        scores = self._tracin.influence((torch.from_numpy(queries.x), torch.from_numpy(queries.predicted)), k=None)
+        scores = scores.numpy()
         self._tracin.model.load_state_dict(self._final)
         out = []
         for row, label in zip(scores, queries.predicted, strict=True):
@@ -98,6 +107,22 @@ class TracInCPFast(AttributionMethod):
 
     def suspicion(self) -> np.ndarray:
         return self._self
+
+
+def _exact_neighbours() -> object:
+    """captum's interactive TracIn indexes the training factors for its top-k search (annoy by default, which is
+    not installed); `trace` ranks the full score matrix itself, so an exact inner-product search does."""
+    from captum.influence._utils.nearest_neighbors import NearestNeighbors
+
+    class ExactNeighbours(NearestNeighbors):
+        def setup(self, data: torch.Tensor) -> None:
+            self._data = data.flatten(1)
+
+        def get_nearest_neighbors(self, query: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+            top = torch.topk(query.flatten(1) @ self._data.T, k, dim=1)
+            return top.indices, top.values
+
+    return ExactNeighbours()
 
 
 def _embedding_classifier(ts: TrainingSet) -> object:
