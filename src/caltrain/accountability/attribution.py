@@ -246,16 +246,29 @@ def _within_class_cluster(ts: TrainingSet, index: FingerprintIndex, cluster: int
     return np.where(nbr < 0, np.arange(len(ts.y))[:, None], nbr)
 
 
-def _nearest(index: FingerprintIndex, points: np.ndarray, k: int, exclude: np.ndarray | None
-             ) -> tuple[np.ndarray, np.ndarray]:
-    """The k nearest records of any label (distances, positions); `exclude`: per point, a position to leave out
-    (the point itself, when it is a training record)."""
-    dist, pos = index.search(points, k + 1)
+def _nearest(index: FingerprintIndex, points: np.ndarray, k: int, exclude: np.ndarray | None, *,
+             other_than: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The k nearest records (distances, positions) of any partition of `index`, or, per point, of any but its
+    `other_than` entry; `exclude`: per point, a position to leave out (the point itself, when it is a training
+    record)."""
+    dist, pos = index.search(points, k + 1) if other_than is None else index.search_other_labels(points, k + 1,
+                                                                                                   other_than)
     if exclude is None:
         return dist[:, :k], pos[:, :k]
     keep = np.array([(row != own) | (own < 0) for row, own in zip(pos, exclude, strict=True)])
     return (np.array([row[m][:k] for row, m in zip(dist, keep, strict=True)]),
             np.array([row[m][:k] for row, m in zip(pos, keep, strict=True)]))
+
+
+def _moved_support(near_d: np.ndarray, near: np.ndarray, away_d: np.ndarray, away: np.ndarray, labels: np.ndarray,
+                   predicted: np.ndarray) -> np.ndarray:
+    """Per input: how much nearer its nearest records (`near`, at `near_d`) are than its nearest once some are
+    taken away (`away`, at `away_d`), times how much of their vote for the predicted class goes with those taken:
+    a kNN stand-in for "remove them and retrain"."""
+    def votes(pos: np.ndarray) -> np.ndarray:
+        return ((pos >= 0) & (labels[np.maximum(pos, 0)] == predicted[:, None])).mean(axis=1)
+
+    return (_finite_mean(away_d) - _finite_mean(near_d)) * np.clip(votes(near) - votes(away), 0.0, None)
 
 
 def _finite_mean(distances: np.ndarray) -> np.ndarray:
@@ -293,6 +306,11 @@ class JointNull:
         return float((1 + np.searchsorted(self.min_p, min(each), side="right")) / (1 + len(self.min_p))), each
 
 
+# how each per-query test's statistic is reported in an answer's details
+STATISTIC_KEYS = {"transplant": "transplant", "neighbourhood": "neighbourhood_conflict",
+                  "set_aside": "set_aside_support", "contributor_out": "contributor_out_support"}
+
+
 @register
 class Ours(AttributionMethod):
     """Per misprediction, three tests on *that input*, calibrated together against a null measured on this model,
@@ -325,7 +343,7 @@ class Ours(AttributionMethod):
     # predicted class: a quarter of a poison set of 1% of the data, at least 10, at most `candidates`
     surroundings = 20  # nearest records of any label the mislabelled-neighbourhood test looks at
     set_aside = 0.15  # share of all records, most label-surprising first, the set-aside test takes away
-    support_neighbours = 50  # nearest records of any label the set-aside test compares, with and without them
+    support_neighbours = 50  # nearest records of any label the set-aside and contributor-out tests compare
     candidates = 100  # records ranked per query
     lookalikes = 10  # a query's nearest records of other classes in input space: what it looks like
     recipients_per_class = 2  # surest inputs of each other class the query's distinctive part is added to
@@ -335,7 +353,7 @@ class Ours(AttributionMethod):
     min_transfer = 0.2  # smallest mean rise in probability that counts as moving other inputs at all
     ranking_weight = 0.3  # suspicion's weight against cosine similarity in the per-query ranking
     exact_up_to = 200_000  # records; above, neighbour searches use HNSW graphs (exact ones cost N² to fit)
-    tests = ("transplant", "neighbourhood", "set_aside")
+    tests: tuple[str, ...] = tuple(STATISTIC_KEYS)  # which per-query tests run (a subset: an ablation)
 
     def fit(self, ts: TrainingSet) -> None:
         self._ts = ts
@@ -353,6 +371,10 @@ class Ours(AttributionMethod):
         self._kept = np.flatnonzero(surprise <= np.quantile(surprise, 1.0 - self.set_aside))
         self._kept_index = FingerprintIndex(ts.features.fingerprints[self._kept], ts.y[self._kept],
                                             approximate=approximate)
+        self._by_contributor = FingerprintIndex(ts.features.fingerprints, ts.contributors, approximate=approximate)
+        supplied = np.zeros((ts.num_classes, int(ts.contributors.max()) + 1))
+        np.add.at(supplied, (ts.y, ts.contributors), 1.0)
+        self._shares = supplied / np.maximum(supplied.sum(axis=1, keepdims=True), 1.0)
         # Recipients: the inputs of each class the model is surest of, so that only a strong feature moves them.
         sure = ts.features.probs[np.arange(len(ts.y)), ts.y]
         pools = {c: idx[np.argsort(-sure[idx], kind="stable")][: self.recipients_per_class]
@@ -381,18 +403,26 @@ class Ours(AttributionMethod):
 
     def _statistics(self, x: np.ndarray, fingerprints: np.ndarray, predicted: np.ndarray, *,
                     exclude: np.ndarray | None = None) -> np.ndarray:
-        """Per input, the statistics of `tests` (N×3, larger is more suspicious). The pocket and set-aside tests
-        share one search of the nearest records of any label."""
+        """Per input, the statistics of `tests`, in that order (larger is more suspicious). The pocket, set-aside
+        and contributor-out tests share one search of the nearest records of any label."""
         near_d, near = _nearest(self._index, fingerprints, max(self.surroundings, self.support_neighbours), exclude)
-        return np.stack([self._transfer(x, predicted), self._neighbourhood(near[:, : self.surroundings], predicted),
-                         self._set_aside_support(near_d[:, : self.support_neighbours],
-                                                 near[:, : self.support_neighbours], fingerprints, predicted,
-                                                 exclude)], axis=1)
+        pocket = near[:, : self.surroundings]
+        near_d, near = near_d[:, : self.support_neighbours], near[:, : self.support_neighbours]
+        run: dict[str, Callable[[], np.ndarray]] = {
+            "transplant": lambda: self._transfer(x, predicted),
+            "neighbourhood": lambda: self._neighbourhood(pocket, predicted),
+            "set_aside": lambda: self._set_aside_support(near_d, near, fingerprints, predicted, exclude),
+            "contributor_out": lambda: self._contributor_out_support(near_d, near, fingerprints, predicted, exclude),
+        }
+        return np.stack([run[name]() for name in self.tests], axis=1)
 
     def _tested(self, statistics: np.ndarray) -> np.ndarray:
         """What the null compares: a transplant below `min_transfer` counts as none at all."""
-        return np.column_stack([np.where(statistics[:, 0] >= self.min_transfer, statistics[:, 0], -np.inf),
-                                statistics[:, 1:]])
+        out = statistics.copy()
+        if "transplant" in self.tests:
+            col = self.tests.index("transplant")
+            out[:, col] = np.where(out[:, col] >= self.min_transfer, out[:, col], -np.inf)
+        return out
 
     def _neighbourhood(self, near: np.ndarray, predicted: np.ndarray) -> np.ndarray:
         """Per input, over its nearest training records of any label in the embedding (`near`, its surroundings):
@@ -405,19 +435,27 @@ class Ours(AttributionMethod):
 
     def _set_aside_support(self, near_d: np.ndarray, near: np.ndarray, fingerprints: np.ndarray,
                            predicted: np.ndarray, exclude: np.ndarray | None) -> np.ndarray:
-        """Per input: how much nearer its nearest records (`near`, at distances `near_d`) are than its nearest kept
-        ones (the most surprising set aside), times how much of their vote for the predicted class goes with the
-        set-aside ones."""
-        k, y, kept = near.shape[1], self._ts.y, self._kept
+        """Per input: `_moved_support` when the most label-surprising records are set aside."""
+        kept = self._kept
         if exclude is not None:  # to positions in the kept index (-1, matching nothing, for one set aside)
             at = np.minimum(np.searchsorted(kept, exclude), len(kept) - 1)
             exclude = np.where(kept[at] == exclude, at, -1)
-        kept_d, kept_near = _nearest(self._kept_index, fingerprints, k, exclude)
+        kept_d, kept_near = _nearest(self._kept_index, fingerprints, near.shape[1], exclude)
         kept_near = np.where(kept_near >= 0, kept[np.maximum(kept_near, 0)], -1)  # local positions to records
-        votes = ((near >= 0) & (y[np.maximum(near, 0)] == predicted[:, None])).mean(axis=1)
-        kept_votes = ((kept_near >= 0) & (y[np.maximum(kept_near, 0)] == predicted[:, None])).mean(axis=1)
-        closer = _finite_mean(kept_d) - _finite_mean(near_d)
-        return closer * np.clip(votes - kept_votes, 0.0, None)
+        return _moved_support(near_d, near, kept_d, kept_near, self._ts.y, predicted)
+
+    def _contributor_out_support(self, near_d: np.ndarray, near: np.ndarray, fingerprints: np.ndarray,
+                                 predicted: np.ndarray, exclude: np.ndarray | None) -> np.ndarray:
+        """Per input: `_moved_support` when the records of one contributor are taken away, the one most over its
+        share of the predicted class among the input's nearest records of that class (the only one a prediction
+        can rest on beyond chance; an honest contributor's records are replaceable by everyone else's)."""
+        y, who = self._ts.y, self._ts.contributors
+        same = (near >= 0) & (y[np.maximum(near, 0)] == predicted[:, None])
+        counts = np.zeros((len(near), self._shares.shape[1]))
+        np.add.at(counts, (np.repeat(np.arange(len(near)), near.shape[1])[same.ravel()], who[near[same]]), 1.0)
+        suspect = np.argmax(counts - same.sum(axis=1, keepdims=True) * self._shares[predicted], axis=1)
+        out_d, out = _nearest(self._by_contributor, fingerprints, near.shape[1], exclude, other_than=suspect)
+        return _moved_support(near_d, near, out_d, out, y, predicted)
 
     def _transfer(self, x: np.ndarray, predicted: np.ndarray) -> np.ndarray:
         """Per input: mean rise in the predicted class's probability when its distinctive part (input − mean of its
@@ -453,8 +491,7 @@ class Ours(AttributionMethod):
             score = (1.0 - d) + self.ranking_weight * self._suspicion[cand]
             order = np.argsort(-score, kind="stable")
             details = {"p": p, **{f"{name}_p": value for name, value in zip(self.tests, p_tests, strict=True)},
-                       "transplant": float(row[0]), "neighbourhood_conflict": float(row[1]),
-                       "set_aside_support": float(row[2])}
+                       **{STATISTIC_KEYS[name]: float(value) for name, value in zip(self.tests, row, strict=True)}}
             out.append(Attribution(cand[order[:k]], score[order[:k]], 1.0 - p, p < self.alpha,
                                    support=cand[order[: self._support[int(label)]]], details=details))
         return out
