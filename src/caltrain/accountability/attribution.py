@@ -3,11 +3,11 @@
 Every method is fitted once on the enclave's view of the training set (`TrainingSet`) and then answers, per query,
 a ranking of the records labelled with the predicted class, whether training data explains the misprediction at
 all, and the records the answer rests on; plus, where it has one, a dataset-level suspicion score for every record.
-`caltrain-knn` is the paper's method (embedding kNN, always answers); `ours` decides per query from three tests on
+`caltrain-knn` is the paper's method (embedding kNN, always answers); `ours` decides per query from four tests on
 the input itself (does what sets it apart send other inputs to the predicted class; does it sit in a pocket of
 records whose label their look contradicts; does its neighbourhood stop voting for the prediction once the most
-label-surprising records are set aside), calibrated together, and otherwise answers "no responsible training data
-found".
+label-surprising records are set aside, or once one contributor's records are), calibrated together, and otherwise
+answers "no responsible training data found".
 Contributors are named by set detection with an exact false-positive control (`name_contributors`). Only the
 methods meant to run inside the enclave are registered here; research baselines live host-side (`baselines`).
 """
@@ -313,7 +313,7 @@ STATISTIC_KEYS = {"transplant": "transplant", "neighbourhood": "neighbourhood_co
 
 @register
 class Ours(AttributionMethod):
-    """Per misprediction, three tests on *that input*, calibrated together against a null measured on this model,
+    """Per misprediction, four tests on *that input*, calibrated together against a null measured on this model,
     then the records behind it (see docs/accountability.md):
 
     - transplant: the query minus the mean of its nearest look-alikes of other classes (in input space) is what
@@ -324,9 +324,15 @@ class Ours(AttributionMethod):
       embedding look like another class in input space (label flips, dirty-label poison);
     - set-aside support: with the most label-surprising records set aside (`label_surprise`), the query's
       nearest records move further away and stop voting for the predicted class. The query's prediction rests on
-      those records; this needs no additive trigger (a warp, a partial blend).
+      those records; this needs no additive trigger (a warp, a partial blend);
+    - contributor-out support: the same comparison with the records of one contributor taken away, the one most
+      over its share of the predicted class among the query's nearest records of that class. Records of honest
+      contributors are interchangeable with everyone else's, so taking one away leaves a natural confusion's
+      surroundings as they were; a prediction that rests on one party's records loses them. Needs no trigger
+      pattern and no label surprise, but an attacker spread thinly over many identities escapes it (the set-aside
+      test does not look at identities).
 
-    Null: the three statistics for the training inputs of other classes that the model takes for c' (its natural
+    Null: the statistics for the training inputs of other classes that the model takes for c' (its natural
     confusions), for every class c' other than the predicted one, so an attack on the predicted class cannot move
     its own null. A query's evidence is its smallest p-value over the tests, and its answer is "responsible" when
     that is smaller than all but an `alpha` share of the null inputs' own smallest p-values: the union of the tests
@@ -349,7 +355,7 @@ class Ours(AttributionMethod):
     recipients_per_class = 2  # surest inputs of each other class the query's distinctive part is added to
     null_inputs = 300  # per class: inputs the null is measured on, at most
     null_minimum = 50  # per class: inputs the null is measured on, at least
-    alpha = 0.01  # per-query false-answer rate, the three tests together, against the null
+    alpha = 0.01  # per-query false-answer rate, the tests together, against the null
     min_transfer = 0.2  # smallest mean rise in probability that counts as moving other inputs at all
     ranking_weight = 0.3  # suspicion's weight against cosine similarity in the per-query ranking
     exact_up_to = 200_000  # records; above, neighbour searches use HNSW graphs (exact ones cost N² to fit)
@@ -446,16 +452,28 @@ class Ours(AttributionMethod):
 
     def _contributor_out_support(self, near_d: np.ndarray, near: np.ndarray, fingerprints: np.ndarray,
                                  predicted: np.ndarray, exclude: np.ndarray | None) -> np.ndarray:
-        """Per input: `_moved_support` when the records of one contributor are taken away, the one most over its
-        share of the predicted class among the input's nearest records of that class (the only one a prediction
-        can rest on beyond chance; an honest contributor's records are replaceable by everyone else's)."""
-        y, who = self._ts.y, self._ts.contributors
+        """Per input: `_moved_support` when the records of one contributor are taken away: the one most over its
+        expected share among the input's nearest records of the predicted class, counted only when it supplied at
+        least half of them (the prediction rests on it). Expected is the larger of its share of that class and its
+        share of the input's nearest records of *other* classes: a label-skewed party holds much of a class
+        everywhere, a party behind another device many of the records around an input from that device whatever
+        their class; only a party whose records are there *for this label* stands out."""
+        y, who, k = self._ts.y, self._ts.contributors, near.shape[1]
+        _, around = _nearest(self._index, fingerprints, k, exclude, other_than=predicted)
         same = (near >= 0) & (y[np.maximum(near, 0)] == predicted[:, None])
-        counts = np.zeros((len(near), self._shares.shape[1]))
-        np.add.at(counts, (np.repeat(np.arange(len(near)), near.shape[1])[same.ravel()], who[near[same]]), 1.0)
-        suspect = np.argmax(counts - same.sum(axis=1, keepdims=True) * self._shares[predicted], axis=1)
-        out_d, out = _nearest(self._by_contributor, fingerprints, near.shape[1], exclude, other_than=suspect)
-        return _moved_support(near_d, near, out_d, out, y, predicted)
+        counts, local = np.zeros((len(near), self._shares.shape[1])), np.zeros((len(near), self._shares.shape[1]))
+        rows = np.repeat(np.arange(len(near)), k)
+        np.add.at(counts, (rows[same.ravel()], who[near[same]]), 1.0)
+        np.add.at(local, (rows[(around >= 0).ravel()], who[around[around >= 0]]), 1.0)
+        local /= np.maximum(local.sum(axis=1, keepdims=True), 1.0)
+        expected = same.sum(axis=1, keepdims=True) * np.maximum(self._shares[predicted], local)
+        suspect = np.argmax(counts - expected, axis=1)
+        out_d, out = _nearest(self._by_contributor, fingerprints, k, exclude, other_than=suspect)
+        labels = np.where(near >= 0, y[np.maximum(near, 0)], -1)
+        plurality = np.array([np.bincount(row[row >= 0], minlength=self._ts.num_classes).argmax() if (row >= 0).any()
+                              else -1 for row in labels]) == predicted
+        rests_on = plurality & (counts[np.arange(len(near)), suspect] >= 0.5 * same.sum(axis=1))
+        return _moved_support(near_d, near, out_d, out, y, predicted) * rests_on
 
     def _transfer(self, x: np.ndarray, predicted: np.ndarray) -> np.ndarray:
         """Per input: mean rise in the predicted class's probability when its distinctive part (input − mean of its
