@@ -271,6 +271,14 @@ def _moved_support(near_d: np.ndarray, near: np.ndarray, away_d: np.ndarray, awa
     return (_finite_mean(away_d) - _finite_mean(near_d)) * np.clip(votes(near) - votes(away), 0.0, None)
 
 
+def _tally(keys: np.ndarray, counted: np.ndarray, width: int) -> np.ndarray:
+    """Per row, how many of its `keys` (where `counted`) take each value in range(width)."""
+    out = np.zeros((len(keys), width))
+    rows = np.broadcast_to(np.arange(len(keys))[:, None], keys.shape)
+    np.add.at(out, (rows[counted], keys[counted]), 1.0)
+    return out
+
+
 def _finite_mean(distances: np.ndarray) -> np.ndarray:
     """Row means over the distances a search found (an approximate one pads with inf); 0 for a row with none."""
     found = np.isfinite(distances)
@@ -326,7 +334,8 @@ class Ours(AttributionMethod):
       nearest records move further away and stop voting for the predicted class. The query's prediction rests on
       those records; this needs no additive trigger (a warp, a partial blend);
     - contributor-out support: the same comparison with the records of one contributor taken away, the one most
-      over its share of the predicted class among the query's nearest records of that class. Records of honest
+      over its expected share among the query's nearest records of the predicted class, where the prediction rests
+      on it (the class is their plurality, the party supplied at least half of them). Records of honest
       contributors are interchangeable with everyone else's, so taking one away leaves a natural confusion's
       surroundings as they were; a prediction that rests on one party's records loses them. Needs no trigger
       pattern and no label surprise, but an attacker spread thinly over many identities escapes it (the set-aside
@@ -458,20 +467,16 @@ class Ours(AttributionMethod):
         share of the input's nearest records of *other* classes: a label-skewed party holds much of a class
         everywhere, a party behind another device many of the records around an input from that device whatever
         their class; only a party whose records are there *for this label* stands out."""
-        y, who, k = self._ts.y, self._ts.contributors, near.shape[1]
-        _, around = _nearest(self._index, fingerprints, k, exclude, other_than=predicted)
+        y, who, parties = self._ts.y, self._ts.contributors, self._shares.shape[1]
+        _, around = _nearest(self._index, fingerprints, near.shape[1], exclude, other_than=predicted)
         same = (near >= 0) & (y[np.maximum(near, 0)] == predicted[:, None])
-        counts, local = np.zeros((len(near), self._shares.shape[1])), np.zeros((len(near), self._shares.shape[1]))
-        rows = np.repeat(np.arange(len(near)), k)
-        np.add.at(counts, (rows[same.ravel()], who[near[same]]), 1.0)
-        np.add.at(local, (rows[(around >= 0).ravel()], who[around[around >= 0]]), 1.0)
+        counts = _tally(who[np.maximum(near, 0)], same, parties)
+        local = _tally(who[np.maximum(around, 0)], around >= 0, parties)
         local /= np.maximum(local.sum(axis=1, keepdims=True), 1.0)
         expected = same.sum(axis=1, keepdims=True) * np.maximum(self._shares[predicted], local)
         suspect = np.argmax(counts - expected, axis=1)
-        out_d, out = _nearest(self._by_contributor, fingerprints, k, exclude, other_than=suspect)
-        labels = np.where(near >= 0, y[np.maximum(near, 0)], -1)
-        plurality = np.array([np.bincount(row[row >= 0], minlength=self._ts.num_classes).argmax() if (row >= 0).any()
-                              else -1 for row in labels]) == predicted
+        out_d, out = _nearest(self._by_contributor, fingerprints, near.shape[1], exclude, other_than=suspect)
+        plurality = _tally(y[np.maximum(near, 0)], near >= 0, self._ts.num_classes).argmax(axis=1) == predicted
         rests_on = plurality & (counts[np.arange(len(near)), suspect] >= 0.5 * same.sum(axis=1))
         return _moved_support(near_d, near, out_d, out, y, predicted) * rests_on
 
