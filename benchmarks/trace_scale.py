@@ -113,9 +113,8 @@ def ours_end_to_end(model_path: Path, sizes: list[int], queries: int) -> list[di
 def ours_searches(n: int, *, sample: int = 2000, seed: int = 0) -> dict[str, Any]:
     """The N-dependent parts of `ours` on synthetic vectors: all-records input-space kNN (label conflict and
     surprise), every record's within-class embedding kNN (pooling), the index builds, and one query's searches
-    (candidates, look-alikes, surroundings, nearest records with and without the set-aside ones, and without one
-    contributor's, of 20), which the fit also runs for each of its null inputs. All-records searches are timed on
-    `sample` rows and scaled to N."""
+    (candidates, look-alikes, surroundings, nearest records with and without the set-aside ones), which the fit also
+    runs for each of its null inputs. All-records searches are timed on `sample` rows and scaled to N."""
     rng = np.random.default_rng(seed)
     y = rng.integers(0, 10, n)
     pixels = rng.standard_normal((n, 64), dtype=np.float32)
@@ -130,7 +129,6 @@ def ours_searches(n: int, *, sample: int = 2000, seed: int = 0) -> dict[str, Any
     embedding = FingerprintIndex(fps, y, approximate=approximate)
     kept = np.sort(rng.permutation(n)[: round((1 - Ours.set_aside) * n)])
     kept_index = FingerprintIndex(fps[kept], y[kept], approximate=approximate)
-    by_contributor = FingerprintIndex(fps, rng.integers(0, 20, n), approximate=approximate)
     build_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     flat.search(pixels[rows], 11, 0)
@@ -145,7 +143,6 @@ def ours_searches(n: int, *, sample: int = 2000, seed: int = 0) -> dict[str, Any
         by_label.search_other_labels(pixels[i : i + 1], 11, y[i : i + 1])
         embedding.search(fps[i : i + 1], max(Ours.surroundings, Ours.support_neighbours) + 1)
         kept_index.search(fps[i : i + 1], Ours.support_neighbours + 1)
-        by_contributor.search_other_labels(fps[i : i + 1], Ours.support_neighbours + 1, np.zeros(1, np.int64))
         times.append(1000 * (time.perf_counter() - t0))
     query_ms = float(np.percentile(times, 50))
     return {"records": n, "approximate": approximate, "index_build_s": build_s, "input_knn_s": input_s,

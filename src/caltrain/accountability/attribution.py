@@ -3,11 +3,11 @@
 Every method is fitted once on the enclave's view of the training set (`TrainingSet`) and then answers, per query,
 a ranking of the records labelled with the predicted class, whether training data explains the misprediction at
 all, and the records the answer rests on; plus, where it has one, a dataset-level suspicion score for every record.
-`caltrain-knn` is the paper's method (embedding kNN, always answers); `ours` decides per query from four tests on
+`caltrain-knn` is the paper's method (embedding kNN, always answers); `ours` decides per query from three tests on
 the input itself (does what sets it apart send other inputs to the predicted class; does it sit in a pocket of
 records whose label their look contradicts; does its neighbourhood stop voting for the prediction once the most
-label-surprising records are set aside, or once one contributor's records are), calibrated together, and otherwise
-answers "no responsible training data found".
+label-surprising records are set aside), calibrated together, and otherwise answers "no responsible training data
+found".
 Contributors are named by set detection with an exact false-positive control (`name_contributors`). Only the
 methods meant to run inside the enclave are registered here; research baselines live host-side (`baselines`).
 """
@@ -246,13 +246,11 @@ def _within_class_cluster(ts: TrainingSet, index: FingerprintIndex, cluster: int
     return np.where(nbr < 0, np.arange(len(ts.y))[:, None], nbr)
 
 
-def _nearest(index: FingerprintIndex, points: np.ndarray, k: int, exclude: np.ndarray | None, *,
-             other_than: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """The k nearest records (distances, positions) of any partition of `index`, or, per point, of any but its
-    `other_than` entry; `exclude`: per point, a position to leave out (the point itself, when it is a training
-    record)."""
-    dist, pos = index.search(points, k + 1) if other_than is None else index.search_other_labels(points, k + 1,
-                                                                                                   other_than)
+def _nearest(index: FingerprintIndex, points: np.ndarray, k: int, exclude: np.ndarray | None
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """The k nearest records of any label (distances, positions); `exclude`: per point, a position to leave out
+    (the point itself, when it is a training record)."""
+    dist, pos = index.search(points, k + 1)
     if exclude is None:
         return dist[:, :k], pos[:, :k]
     keep = np.array([(row != own) | (own < 0) for row, own in zip(pos, exclude, strict=True)])
@@ -269,14 +267,6 @@ def _moved_support(near_d: np.ndarray, near: np.ndarray, away_d: np.ndarray, awa
         return ((pos >= 0) & (labels[np.maximum(pos, 0)] == predicted[:, None])).mean(axis=1)
 
     return (_finite_mean(away_d) - _finite_mean(near_d)) * np.clip(votes(near) - votes(away), 0.0, None)
-
-
-def _tally(keys: np.ndarray, counted: np.ndarray, width: int) -> np.ndarray:
-    """Per row, how many of its `keys` (where `counted`) take each value in range(width)."""
-    out = np.zeros((len(keys), width))
-    rows = np.broadcast_to(np.arange(len(keys))[:, None], keys.shape)
-    np.add.at(out, (rows[counted], keys[counted]), 1.0)
-    return out
 
 
 def _finite_mean(distances: np.ndarray) -> np.ndarray:
@@ -316,12 +306,12 @@ class JointNull:
 
 # how each per-query test's statistic is reported in an answer's details
 STATISTIC_KEYS = {"transplant": "transplant", "neighbourhood": "neighbourhood_conflict",
-                  "set_aside": "set_aside_support", "contributor_out": "contributor_out_support"}
+                  "set_aside": "set_aside_support"}
 
 
 @register
 class Ours(AttributionMethod):
-    """Per misprediction, four tests on *that input*, calibrated together against a null measured on this model,
+    """Per misprediction, three tests on *that input*, calibrated together against a null measured on this model,
     then the records behind it (see docs/accountability.md):
 
     - transplant: the query minus the mean of its nearest look-alikes of other classes (in input space) is what
@@ -332,14 +322,7 @@ class Ours(AttributionMethod):
       embedding look like another class in input space (label flips, dirty-label poison);
     - set-aside support: with the most label-surprising records set aside (`label_surprise`), the query's
       nearest records move further away and stop voting for the predicted class. The query's prediction rests on
-      those records; this needs no additive trigger (a warp, a partial blend);
-    - contributor-out support: the same comparison with the records of one contributor taken away, the one most
-      over its expected share among the query's nearest records of the predicted class, where the prediction rests
-      on it (the class is their plurality, the party supplied at least half of them). Records of honest
-      contributors are interchangeable with everyone else's, so taking one away leaves a natural confusion's
-      surroundings as they were; a prediction that rests on one party's records loses them. Needs no trigger
-      pattern and no label surprise, but an attacker spread thinly over many identities escapes it (the set-aside
-      test does not look at identities).
+      those records; this needs no additive trigger (a warp, a partial blend).
 
     Null: the statistics for the training inputs of other classes that the model takes for c' (its natural
     confusions), for every class c' other than the predicted one, so an attack on the predicted class cannot move
@@ -358,7 +341,7 @@ class Ours(AttributionMethod):
     # predicted class: a quarter of a poison set of 1% of the data, at least 10, at most `candidates`
     surroundings = 20  # nearest records of any label the mislabelled-neighbourhood test looks at
     set_aside = 0.15  # share of all records, most label-surprising first, the set-aside test takes away
-    support_neighbours = 50  # nearest records of any label the set-aside and contributor-out tests compare
+    support_neighbours = 50  # nearest records of any label the set-aside test compares, with and without them
     candidates = 100  # records ranked per query
     lookalikes = 10  # a query's nearest records of other classes in input space: what it looks like
     recipients_per_class = 2  # surest inputs of each other class the query's distinctive part is added to
@@ -386,10 +369,6 @@ class Ours(AttributionMethod):
         self._kept = np.flatnonzero(surprise <= np.quantile(surprise, 1.0 - self.set_aside))
         self._kept_index = FingerprintIndex(ts.features.fingerprints[self._kept], ts.y[self._kept],
                                             approximate=approximate)
-        self._by_contributor = FingerprintIndex(ts.features.fingerprints, ts.contributors, approximate=approximate)
-        supplied = np.zeros((ts.num_classes, int(ts.contributors.max()) + 1))
-        np.add.at(supplied, (ts.y, ts.contributors), 1.0)
-        self._shares = supplied / np.maximum(supplied.sum(axis=1, keepdims=True), 1.0)
         # Recipients: the inputs of each class the model is surest of, so that only a strong feature moves them.
         sure = ts.features.probs[np.arange(len(ts.y)), ts.y]
         pools = {c: idx[np.argsort(-sure[idx], kind="stable")][: self.recipients_per_class]
@@ -418,8 +397,8 @@ class Ours(AttributionMethod):
 
     def _statistics(self, x: np.ndarray, fingerprints: np.ndarray, predicted: np.ndarray, *,
                     exclude: np.ndarray | None = None) -> np.ndarray:
-        """Per input, the statistics of `tests`, in that order (larger is more suspicious). The pocket, set-aside
-        and contributor-out tests share one search of the nearest records of any label."""
+        """Per input, the statistics of `tests`, in that order (larger is more suspicious). The pocket and set-aside
+        tests share one search of the nearest records of any label."""
         near_d, near = _nearest(self._index, fingerprints, max(self.surroundings, self.support_neighbours), exclude)
         pocket = near[:, : self.surroundings]
         near_d, near = near_d[:, : self.support_neighbours], near[:, : self.support_neighbours]
@@ -427,7 +406,6 @@ class Ours(AttributionMethod):
             "transplant": lambda: self._transfer(x, predicted),
             "neighbourhood": lambda: self._neighbourhood(pocket, predicted),
             "set_aside": lambda: self._set_aside_support(near_d, near, fingerprints, predicted, exclude),
-            "contributor_out": lambda: self._contributor_out_support(near_d, near, fingerprints, predicted, exclude),
         }
         return np.stack([run[name]() for name in self.tests], axis=1)
 
@@ -458,27 +436,6 @@ class Ours(AttributionMethod):
         kept_d, kept_near = _nearest(self._kept_index, fingerprints, near.shape[1], exclude)
         kept_near = np.where(kept_near >= 0, kept[np.maximum(kept_near, 0)], -1)  # local positions to records
         return _moved_support(near_d, near, kept_d, kept_near, self._ts.y, predicted)
-
-    def _contributor_out_support(self, near_d: np.ndarray, near: np.ndarray, fingerprints: np.ndarray,
-                                 predicted: np.ndarray, exclude: np.ndarray | None) -> np.ndarray:
-        """Per input: `_moved_support` when the records of one contributor are taken away: the one most over its
-        expected share among the input's nearest records of the predicted class, counted only when it supplied at
-        least half of them (the prediction rests on it). Expected is the larger of its share of that class and its
-        share of the input's nearest records of *other* classes: a label-skewed party holds much of a class
-        everywhere, a party behind another device many of the records around an input from that device whatever
-        their class; only a party whose records are there *for this label* stands out."""
-        y, who, parties = self._ts.y, self._ts.contributors, self._shares.shape[1]
-        _, around = _nearest(self._index, fingerprints, near.shape[1], exclude, other_than=predicted)
-        same = (near >= 0) & (y[np.maximum(near, 0)] == predicted[:, None])
-        counts = _tally(who[np.maximum(near, 0)], same, parties)
-        local = _tally(who[np.maximum(around, 0)], around >= 0, parties)
-        local /= np.maximum(local.sum(axis=1, keepdims=True), 1.0)
-        expected = same.sum(axis=1, keepdims=True) * np.maximum(self._shares[predicted], local)
-        suspect = np.argmax(counts - expected, axis=1)
-        out_d, out = _nearest(self._by_contributor, fingerprints, near.shape[1], exclude, other_than=suspect)
-        plurality = _tally(y[np.maximum(near, 0)], near >= 0, self._ts.num_classes).argmax(axis=1) == predicted
-        rests_on = plurality & (counts[np.arange(len(near)), suspect] >= 0.5 * same.sum(axis=1))
-        return _moved_support(near_d, near, out_d, out, y, predicted) * rests_on
 
     def _transfer(self, x: np.ndarray, predicted: np.ndarray) -> np.ndarray:
         """Per input: mean rise in the predicted class's probability when its distinctive part (input − mean of its
