@@ -121,6 +121,14 @@ def test_a_warp_trigger_is_answered_by_the_set_aside_test(warp: Setup) -> None:
     assert natural and not any(a.responsible for a in natural)
 
 
+@pytest.mark.parametrize("tests", [(), ("transplant", "retrain")])
+def test_an_unknown_or_empty_test_list_is_refused_before_fitting(backdoor: Setup, tests: tuple[str, ...]) -> None:
+    method = get_method("ours")
+    method.tests = tests  # type: ignore[attr-defined]
+    with pytest.raises(ValueError, match="tests must be some of"):
+        method.fit(backdoor[1])
+
+
 def test_natural_mispredictions_from_another_device_do_not_name_its_honest_owner() -> None:
     """An honest participant whose images come from another device holds most of the records around any input from
     that device: a natural misprediction there must not be answered as resting on its records, nor name it."""

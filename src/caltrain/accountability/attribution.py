@@ -354,6 +354,8 @@ class Ours(AttributionMethod):
     tests: tuple[str, ...] = tuple(STATISTIC_KEYS)  # which per-query tests run (a subset: an ablation)
 
     def fit(self, ts: TrainingSet) -> None:
+        if not self.tests or not set(self.tests) <= set(STATISTIC_KEYS):
+            raise ValueError(f"tests must be some of {sorted(STATISTIC_KEYS)}, got {list(self.tests)}")
         self._ts = ts
         approximate = len(ts.y) > self.exact_up_to
         self._index = FingerprintIndex(ts.features.fingerprints, ts.y, approximate=approximate)
