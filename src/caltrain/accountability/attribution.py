@@ -263,10 +263,13 @@ def _moved_support(near_d: np.ndarray, near: np.ndarray, away_d: np.ndarray, awa
     """Per input: how much nearer its nearest records (`near`, at `near_d`) are than its nearest once some are
     taken away (`away`, at `away_d`), times how much of their vote for the predicted class goes with those taken:
     a kNN stand-in for "remove them and retrain"."""
-    def votes(pos: np.ndarray) -> np.ndarray:
-        return ((pos >= 0) & (labels[np.maximum(pos, 0)] == predicted[:, None])).mean(axis=1)
+    votes = _carries(near, labels, predicted).mean(axis=1) - _carries(away, labels, predicted).mean(axis=1)
+    return (_finite_mean(away_d) - _finite_mean(near_d)) * np.clip(votes, 0.0, None)
 
-    return (_finite_mean(away_d) - _finite_mean(near_d)) * np.clip(votes(near) - votes(away), 0.0, None)
+
+def _carries(positions: np.ndarray, labels: np.ndarray, predicted: np.ndarray) -> np.ndarray:
+    """Per input, which of its found records (`positions`, -1 for none) carry its predicted label."""
+    return (positions >= 0) & (labels[np.maximum(positions, 0)] == predicted[:, None])
 
 
 def _finite_mean(distances: np.ndarray) -> np.ndarray:
@@ -423,7 +426,7 @@ class Ours(AttributionMethod):
         """Per input, over its nearest training records of any label in the embedding (`near`, its surroundings):
         the share carrying the predicted label, squared, times their mean pooled conflict. High when the input sits
         in a pocket of records labelled with the prediction that look like another class."""
-        same = (near >= 0) & (self._ts.y[np.maximum(near, 0)] == predicted[:, None])
+        same = _carries(near, self._ts.y, predicted)
         purity = same.mean(axis=1)
         conflict = np.where(same, self._suspicion[np.maximum(near, 0)], 0.0).sum(axis=1) / np.maximum(same.sum(1), 1)
         return purity**2 * conflict
