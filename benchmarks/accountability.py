@@ -6,7 +6,9 @@
 
 Per (seed, scenario) one model is trained (cached under --out/models by a digest of its training data, so
 re-measuring a method does not retrain); every method is fitted on it and traced on three query sets: the attack's
-mispredictions, natural mispredictions into other classes, and natural mispredictions into the target class.
+mispredictions, natural mispredictions into other classes, and natural mispredictions into the target class; where
+an honest participant sits behind another device, also every misprediction of the test images passed through that
+device, traced together (does a method blame that participant for its device's natural errors?).
 Contributor naming is scored on the attack queries (TPR over attacker identities, FPR over honest ones) and its
 false-positive rate is measured by re-dealing every record among the honest participants (evenly and with
 Dirichlet 0.3 label skew), where by construction nobody is responsible.
@@ -80,8 +82,8 @@ SUMMARY = ["p10", "ap", "answered", "natural_answered", "natural_into_target_ans
            "contributor_fpr", "auroc", "attack_success", "clean_accuracy", "seeds"]
 COLUMNS = ["attack_success", "clean_accuracy", "answered", "p10", "ap", "natural_answered",
            "natural_into_target_answered", "contributor_tpr", "contributor_fpr", "contributor_tpr_at_10",
-           "natural_contributor_fpr", "auroc", "redeal_fpr_even", "redeal_fpr_dirichlet", "redeal_fwer_dirichlet",
-           "query_latency_ms", "fit_s"]
+           "natural_contributor_fpr", "device_natural_answered", "device_owner_named", "auroc", "redeal_fpr_even",
+           "redeal_fpr_dirichlet", "redeal_fwer_dirichlet", "query_latency_ms", "fit_s"]
 
 
 def cached_model(cache: Path, merged: ArrayDataset, dataset: str, epochs: int, seed: int

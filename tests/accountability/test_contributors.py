@@ -13,9 +13,13 @@ from caltrain.accountability.attribution import Attribution, _hypergeometric_tai
 from caltrain.accountability.evaluation import redeal
 
 
-def _answers(evidence: np.ndarray, per_answer: int = 10) -> list[Attribution]:
+def _answers(evidence: np.ndarray, per_answer: int = 10, level: float | None = None) -> list[Attribution]:
     chunks = [evidence[i : i + per_answer] for i in range(0, len(evidence), per_answer)]
-    return [Attribution(c, np.zeros(len(c)), support=c) for c in chunks]
+    return [Attribution(c, np.zeros(len(c)), support=c, level=level) for c in chunks]
+
+
+def _abstentions(count: int, level: float) -> list[Attribution]:
+    return [Attribution(np.arange(10), np.zeros(10), 0.0, responsible=False, level=level) for _ in range(count)]
 
 
 def _population(rng: np.random.Generator, honest: int = 10, per_class: int = 400, classes: int = 5
@@ -70,6 +74,64 @@ def test_abstentions_name_nobody() -> None:
     labels, contributors = _population(np.random.default_rng(3))
     answer = Attribution(np.arange(10), np.zeros(10), 0.1, responsible=False)
     assert name_contributors([answer], contributors, labels) == []
+
+
+def _party_behind_a_device(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Party 7 holds the records nearest every input from its device: any answer there rests on them alone."""
+    labels, contributors = _population(rng, per_class=2000)
+    own = rng.choice(np.flatnonzero(labels == 0), 300, replace=False)
+    contributors[own] = 7
+    return labels, contributors, own
+
+
+def test_a_few_false_answers_resting_on_one_party_do_not_name_it() -> None:
+    """3 of 300 traced queries answered (the per-query level, 0.01, allows that many false answers), each resting
+    on the same honest party's records: its records are far over chance, but that many answers are no evidence.
+    Ten times as many answers are."""
+    labels, contributors, own = _party_behind_a_device(np.random.default_rng(5))
+    few = [*_answers(own[:30], level=0.01), *_abstentions(297, 0.01)]
+    [party] = [e for e in name_contributors(few, contributors, labels) if e.contributor == 7]
+    assert party.records_p_value < 1e-10 and (party.answers, party.answered, party.traced) == (3, 3, 300)
+    assert party.answers_p_value is not None and party.p_value == party.answers_p_value > 0.1 and not party.named
+    many = [*_answers(own, level=0.01), *_abstentions(270, 0.01)]
+    assert [e.contributor for e in name_contributors(many, contributors, labels) if e.named] == [7]
+
+
+def test_one_answered_query_names_nobody_at_a_per_query_level() -> None:
+    """A method with a per-query test cannot prove blame with one answer: it may be the false answer its level
+    allows. A method without one (it answers everything) is judged on the records alone, as before."""
+    labels, contributors, own = _party_behind_a_device(np.random.default_rng(6))
+    assert not any(e.named for e in name_contributors(_answers(own[:10], level=0.01), contributors, labels))
+    assert [e.contributor for e in name_contributors(_answers(own[:10]), contributors, labels) if e.named] == [7]
+
+
+def test_false_answers_at_the_level_name_their_party_at_most_alpha_of_the_time() -> None:
+    """The worst case for the answers null: every false answer rests on the same honest party. With each of 300
+    traced queries answered independently at the level, that party is named in at most alpha of 2,000 audits."""
+    rng = np.random.default_rng(7)
+    labels, contributors, own = _party_behind_a_device(rng)
+    named = 0
+    for _ in range(2000):
+        hits = int(rng.binomial(300, 0.01))
+        audit = [*_answers(rng.choice(own, 10 * hits, replace=False), level=0.01), *_abstentions(300 - hits, 0.01)]
+        named += any(e.named for e in name_contributors(audit, contributors, labels))
+    assert named <= 20
+
+
+@given(answered=st.integers(1, 12), abstained=st.integers(0, 200), seed=st.integers(0, 2**31))
+@settings(max_examples=40, deadline=None)
+def test_more_traced_queries_never_name_more_contributors(answered: int, abstained: int, seed: int) -> None:
+    """Abstentions added to an audit can only weaken the evidence: whoever is named with them is named without."""
+    rng = np.random.default_rng(seed)
+    labels, contributors = _population(rng)
+    evidence = rng.choice(np.flatnonzero(labels == int(rng.integers(0, 5))), 10 * answered, replace=False)
+    contributors[evidence[: rng.integers(0, len(evidence) + 1)]] = 11
+    answers = _answers(evidence, level=0.01)
+
+    def named(audit: list[Attribution]) -> set[int]:
+        return {e.contributor for e in name_contributors(audit, contributors, labels) if e.named}
+
+    assert named([*answers, *_abstentions(abstained, 0.01)]) <= named(answers)
 
 
 @pytest.mark.parametrize("skew", [None, 0.3])

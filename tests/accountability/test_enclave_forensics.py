@@ -123,6 +123,24 @@ def test_trace_names_the_backdoor_contributor_with_verifiable_proofs(trained: tu
     assert precision > 0.8, f"precision@10 {precision:.2f}: the trace should find the triggered poison"
 
 
+def test_one_answer_at_a_time_names_nobody_and_the_report_says_how_many_were_traced(
+    trained: tuple, people: People
+) -> None:
+    """Blame needs more answers resting on a member than the per-query false-answer rate explains among the queries
+    traced together: sent together, the triggered inputs name bob, and the signed report says how many of how many
+    rest on him; one of those inputs sent alone is still answered, but names nobody."""
+    host, built, _ = trained
+    batch = call_sealed(host, query(built, built["triggered"]), people.auditor, ForensicReply).report
+    [bob] = [c for c in batch["contributors"] if c["named"]]
+    assert bob["contributor"] == "bob" and bob["traced"] == len(built["triggered"])
+    assert bob["answers"] >= 10 and bob["answers_p_value"] < 1e-3, bob
+    first = next(i for i, a in enumerate(batch["answers"]) if a["responsible"])
+    single = call_sealed(host, query(built, built["triggered"][first : first + 1]), people.auditor,
+                         ForensicReply).report
+    assert single["answers"][0]["responsible"] and single["contributors"]
+    assert not any(c["named"] for c in single["contributors"])
+
+
 def test_participant_verifies_the_signed_report_offline(trained: tuple, people: People) -> None:
     """bob checks the enclave signed the report, then every record it pins on bob: in the job's signed log, and one
     bob committed to at upload. An operator who rewrites the report (to frame bob) breaks the signature."""

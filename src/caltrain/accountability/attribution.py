@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import ClassVar
 
 import numpy as np
@@ -80,6 +80,7 @@ class Attribution:
     responsible: bool = True
     support: np.ndarray | None = None  # the records the answer rests on (None: the first ten positions)
     details: dict[str, float] = field(default_factory=dict)  # per-query evidence the method reports
+    level: float | None = None  # chance that a query no training data explains is answered anyway (None: always)
 
     @property
     def evidence_records(self) -> np.ndarray:
@@ -478,7 +479,8 @@ class Ours(AttributionMethod):
             details = {"p": p, **{f"{name}_p": value for name, value in zip(self.tests, p_tests, strict=True)},
                        **{STATISTIC_KEYS[name]: float(value) for name, value in zip(self.tests, row, strict=True)}}
             out.append(Attribution(cand[order[:k]], score[order[:k]], 1.0 - p, p < self.alpha,
-                                   support=cand[order[: self._support[int(label)]]], details=details))
+                                   support=cand[order[: self._support[int(label)]]], details=details,
+                                   level=self.alpha))
         return out
 
 
@@ -489,14 +491,27 @@ class ContributorEvidence:
     contributor: int
     positions: np.ndarray  # its evidence records, those supporting the most answers first
     expected: float  # how many it would supply if its records of each class were a random draw of that class
-    answers: float  # share of answered queries whose evidence holds one of its records
-    p_value: float  # exact one-sided: P(records >= observed) under that null
+    answers: int  # answered queries whose evidence holds one of its records
+    answered: int  # answered queries in all
+    traced: int  # queries traced, answered or not
+    records_p_value: float  # exact: P(records >= observed) if who supplied which record of a class were chance
+    answers_p_value: float | None  # P(answers >= observed) if each were a false answer (None: method has no level)
     named: bool
 
     @property
     def records(self) -> int:
         """How many distinct evidence records it supplied."""
         return len(self.positions)
+
+    @property
+    def answered_share(self) -> float:
+        """Share of the answered queries whose evidence holds one of its records."""
+        return self.answers / self.answered
+
+    @property
+    def p_value(self) -> float:
+        """Both tests must reject for it to be named (intersection-union), so the larger p is the one to meet."""
+        return max(self.records_p_value, self.answers_p_value or 0.0)
 
     @property
     def blame(self) -> float:
@@ -518,18 +533,28 @@ def _hypergeometric_tail(observed: int, draws: Sequence[tuple[int, int, int]]) -
 def name_contributors(
     attributions: Sequence[Attribution], contributors: np.ndarray, labels: np.ndarray, *, alpha: float = 0.01
 ) -> list[ContributorEvidence]:
-    """Set detection: name every contributor whose records are over-represented among the evidence records of the
-    answered queries (`Attribution.evidence_records`), most significant first.
+    """Set detection: name every contributor whose records explain the answered queries beyond chance, most
+    significant first. Two nulls, and both must be rejected (`ContributorEvidence.p_value`):
 
-    Null: within each class, which records are evidence is unrelated to who supplied them (exactly what re-dealing
-    the records among honest contributors produces, evenly or label-skewed, since the test conditions on each
-    contributor's per-class counts). Under it a contributor's evidence count is a sum of hypergeometrics, whatever
-    its size; a contributor is named when that exact tail is below `alpha` / number of contributors (Bonferroni),
-    so the chance that anyone at all is named falsely is at most `alpha`.
+    - records: within each class, which records are evidence is unrelated to who supplied them (exactly what
+      re-dealing the records among honest contributors produces, evenly or label-skewed, since the test conditions
+      on each contributor's per-class counts). A contributor's evidence count is then a sum of hypergeometrics,
+      whatever its size.
+    - answers (for a method with a per-query level): every answered query resting on its records is a false answer,
+      each traced query answered at most at that level. A few false answers can all rest on one honest party (the
+      records nearest a natural misprediction from its own device are its own); they are then the share of the
+      traced queries the level allows, not blame. One answered query never names anyone.
+
+    A contributor is named when both are below `alpha` / number of contributors (Bonferroni), so the chance that
+    anyone at all is named falsely is at most `alpha`.
     """
+    from scipy.stats import binom
+
     answered = [a for a in attributions if a.responsible and len(a.evidence_records)]
     if not answered:
         return []
+    levels = [a.level for a in attributions]
+    level = None if any(v is None for v in levels) else max(v for v in levels if v is not None)
     evidence, support = np.unique(np.concatenate([a.evidence_records for a in answered]), return_counts=True)
     everyone = np.unique(contributors)
     threshold = alpha / len(everyone)
@@ -539,11 +564,12 @@ def name_contributors(
     for who in np.unique(contributors[evidence]):
         mine = contributors == who
         draws = [(class_sizes[c], int((mine & (labels == c)).sum()), n) for c, n in sample.items()]
-        observed = int(mine[evidence].sum())
-        p = _hypergeometric_tail(observed, draws)
-        expected = sum(k * n / size for size, k, n in draws)
-        share = float(np.mean([mine[a.evidence_records].any() for a in answered]))
+        records_p = _hypergeometric_tail(int(mine[evidence].sum()), draws)
+        resting = sum(bool(mine[a.evidence_records].any()) for a in answered)
+        answers_p = None if level is None else float(binom.sf(resting - 1, len(attributions), level))
         own = mine[evidence]
         positions = evidence[own][np.argsort(-support[own], kind="stable")]
-        out.append(ContributorEvidence(int(who), positions, expected, share, p, p < threshold))
+        evidence_of = ContributorEvidence(int(who), positions, sum(k * n / size for size, k, n in draws), resting,
+                                          len(answered), len(attributions), records_p, answers_p, False)
+        out.append(replace(evidence_of, named=evidence_of.p_value < threshold))
     return sorted(out, key=lambda e: (e.p_value, -e.records, e.contributor))

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from caltrain.accountability.attacks import Scenario, deal
+from caltrain.accountability.attacks import Scenario, deal, device_shift
 from caltrain.accountability.attribution import (
     Attribution,
     AttributionMethod,
@@ -68,10 +68,13 @@ class Queries:
     natural_into_target: QueryBatch  # clean test inputs of other classes mispredicted *as* the target
     attack_success: float | None  # share of the attack's inputs predicted as the target (None: no attack)
     clean_accuracy: float
+    # test inputs through a shifted participant's device that the model gets wrong, all of them: one device's
+    # failures audited together, where a few false answers resting on that participant add up (None: no device)
+    other_device: QueryBatch | None = None
 
 
 def collect_queries(ts: TrainingSet, scenario: Scenario, test: ArrayDataset, *, limit: int, seed: int) -> Queries:
-    """At most `limit` queries of each kind, drawn at random."""
+    """At most `limit` queries of each kind, drawn at random; every misprediction of the other device's inputs."""
     rng = np.random.default_rng(seed)
     clean = QueryBatch.build(ts, test.x)
     wanted = scenario.attack_indexes(test)
@@ -87,8 +90,12 @@ def collect_queries(ts: TrainingSet, scenario: Scenario, test: ArrayDataset, *, 
     def pick(batch: QueryBatch, idx: np.ndarray) -> QueryBatch:
         return batch.select(np.sort(rng.permutation(idx)[:limit]))
 
+    other_device = None
+    if scenario.shifted:
+        shifted = QueryBatch.build(ts, device_shift(test.x, seed=seed))
+        other_device = shifted.select(np.flatnonzero(shifted.predicted != test.y))
     return Queries(pick(attack_all, hit), pick(clean, natural), pick(clean, into_target),
-                   float(sent.mean()) if len(wanted) else None, float((clean.predicted == test.y).mean()))
+                   float(sent.mean()) if len(wanted) else None, float((clean.predicted == test.y).mean()), other_device)
 
 
 def _average_precision(relevant: np.ndarray, total_relevant: int) -> float:
@@ -156,6 +163,13 @@ def score_method(
     out["contributors_named"] = len(named)
     natural_named = _named([*natural, *into_target], ts.contributors, ts.y)
     out["natural_contributor_fpr"] = _rates(natural_named, malicious, honest)[1]
+    if queries.other_device is not None:
+        device = method.trace(queries.other_device, k=10)
+        out["device_queries"] = len(device)
+        out["device_natural_answered"] = _mean([float(a.responsible) for a in device])
+        device_named = _named(device, ts.contributors, ts.y)
+        out["device_contributor_fpr"] = _rates(device_named, malicious, honest)[1]
+        out["device_owner_named"] = float(bool(device_named & set(scenario.shifted)))  # the device's participant
     rng = np.random.default_rng(seed)
     if malicious and len(answers) > 10:
         tprs = []

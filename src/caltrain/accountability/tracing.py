@@ -62,7 +62,9 @@ class NamedContributor:
     def to_dict(self) -> dict[str, Any]:
         e = self.evidence
         return {"contributor": self.name, "blame": e.blame, "named": e.named, "p_value": e.p_value,
-                "records": e.records, "expected_records": e.expected, "answered_share": e.answers,
+                "records_p_value": e.records_p_value, "answers_p_value": e.answers_p_value,
+                "records": e.records, "expected_records": e.expected, "answered_share": e.answered_share,
+                "answers": e.answers, "answered": e.answered, "traced": e.traced,
                 "evidence_records": [p.to_dict() for p in self.proofs]}
 
 

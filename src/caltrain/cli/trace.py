@@ -78,7 +78,8 @@ def _print_report(report: dict[str, Any]) -> None:
     for row in report["contributors"][:5]:
         verdict = "named" if row.get("named") else "not named"
         print(f"  {row['contributor']:<20} {verdict:<9} {row['records']} evidence records "
-              f"(chance: {row['expected_records']:.1f}), p {row['p_value']:.2g}")
+              f"(chance: {row['expected_records']:.1f}), behind {row['answers']} of {row['answered']} answers "
+              f"({row['traced']} traced), p {row['p_value']:.2g}")
 
 
 def trace(args: argparse.Namespace) -> int:
