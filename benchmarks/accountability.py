@@ -79,7 +79,8 @@ TRACIN_EVERY = 5
 SCHEDULE = {"digits": (30, 1e-3, False), "fashion-mnist": (15, 3e-3, True)}
 METHODS = ["ours", "caltrain-knn", "pixel-knn", "tracin-cp-fast", "art-activation", "art-spectral", "cleanlab"]
 SUMMARY = ["p10", "ap", "answered", "natural_answered", "natural_into_target_answered", "contributor_tpr",
-           "contributor_fpr", "auroc", "attack_success", "clean_accuracy", "seeds"]
+           "contributor_fpr", "auroc", "attack_success", "clean_accuracy", "seeds", "device_natural_answered",
+           "device_owner_named"]
 COLUMNS = ["attack_success", "clean_accuracy", "answered", "p10", "ap", "natural_answered",
            "natural_into_target_answered", "contributor_tpr", "contributor_fpr", "contributor_tpr_at_10",
            "natural_contributor_fpr", "device_natural_answered", "device_owner_named", "auroc", "redeal_fpr_even",
