@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import numpy as np
@@ -496,6 +496,7 @@ class ContributorEvidence:
     traced: int  # queries traced, answered or not
     records_p_value: float  # exact: P(records >= observed) if who supplied which record of a class were chance
     answers_p_value: float | None  # P(answers >= observed) if each were a false answer (None: method has no level)
+    p_value: float  # the larger of the two: both must reject for it to be named (an intersection-union test)
     named: bool
 
     @property
@@ -507,11 +508,6 @@ class ContributorEvidence:
     def answered_share(self) -> float:
         """Share of the answered queries whose evidence holds one of its records."""
         return self.answers / self.answered
-
-    @property
-    def p_value(self) -> float:
-        """Both tests must reject for it to be named (intersection-union), so the larger p is the one to meet."""
-        return max(self.records_p_value, self.answers_p_value or 0.0)
 
     @property
     def blame(self) -> float:
@@ -569,7 +565,7 @@ def name_contributors(
         answers_p = None if level is None else float(binom.sf(resting - 1, len(attributions), level))
         own = mine[evidence]
         positions = evidence[own][np.argsort(-support[own], kind="stable")]
-        evidence_of = ContributorEvidence(int(who), positions, sum(k * n / size for size, k, n in draws), resting,
-                                          len(answered), len(attributions), records_p, answers_p, False)
-        out.append(replace(evidence_of, named=evidence_of.p_value < threshold))
+        p = max(records_p, answers_p or 0.0)
+        out.append(ContributorEvidence(int(who), positions, sum(k * n / size for size, k, n in draws), resting,
+                                       len(answered), len(attributions), records_p, answers_p, p, p < threshold))
     return sorted(out, key=lambda e: (e.p_value, -e.records, e.contributor))
