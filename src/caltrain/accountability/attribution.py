@@ -333,7 +333,7 @@ class Ours(AttributionMethod):
     its own null. A query's evidence is its smallest p-value over the tests, and its answer is "responsible" when
     that is smaller than all but an `alpha` share of the null inputs' own smallest p-values: the union of the tests
     is calibrated as one, whatever their correlation. Records: the nearest of the predicted class in the
-    embedding, suspicious ones first among near equals; the best-ranked share of the class is the answer's
+    embedding, ranked by similarity plus their pooled conflict; the best-ranked share of the class is the answer's
     support, which contributor naming counts. The dataset-level ranking (`suspicion`) is the pooled input-space
     label conflict.
     """
@@ -353,7 +353,7 @@ class Ours(AttributionMethod):
     null_minimum = 50  # per class: inputs the null is measured on, at least
     alpha = 0.01  # per-query false-answer rate, the tests together, against the null
     min_transfer = 0.2  # smallest mean rise in probability that counts as moving other inputs at all
-    ranking_weight = 0.3  # suspicion's weight against cosine similarity in the per-query ranking
+    ranking_weight = 1.0  # suspicion's weight against cosine similarity in the per-query ranking
     exact_up_to = 200_000  # records; above, neighbour searches use HNSW graphs (exact ones cost N² to fit)
     tests: tuple[str, ...] = tuple(STATISTIC_KEYS)  # which per-query tests run (a subset: an ablation)
 
