@@ -565,7 +565,7 @@ def name_contributors(
         answers_p = None if level is None else float(binom.sf(resting - 1, len(attributions), level))
         own = mine[evidence]
         positions = evidence[own][np.argsort(-support[own], kind="stable")]
-        p = max(records_p, answers_p or 0.0)
+        p = records_p if answers_p is None else max(records_p, answers_p)
         out.append(ContributorEvidence(int(who), positions, sum(k * n / size for size, k, n in draws), resting,
                                        len(answered), len(attributions), records_p, answers_p, p, p < threshold))
     return sorted(out, key=lambda e: (e.p_value, -e.records, e.contributor))
