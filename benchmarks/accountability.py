@@ -32,6 +32,7 @@ import json  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
+from functools import partial  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
@@ -44,7 +45,12 @@ from tqdm import tqdm  # noqa: E402
 from caltrain.accountability.attacks import Dealing, Scenario, make_scenario  # noqa: E402
 from caltrain.accountability.attribution import TrainingSet  # noqa: E402
 from caltrain.accountability.baselines import get_host_method, host_methods  # noqa: E402
-from caltrain.accountability.evaluation import collect_queries, score_method, train_model  # noqa: E402
+from caltrain.accountability.evaluation import (  # noqa: E402
+    collect_queries,
+    refit_redeal_rates,
+    score_method,
+    train_model,
+)
 from caltrain.data.datasets import ArrayDataset, DatasetUnavailable, load_dataset  # noqa: E402
 from caltrain.models.zoo import build_model, spec_for_dataset  # noqa: E402
 
@@ -66,6 +72,7 @@ SCENARIOS: dict[str, Spec] = {
     "multi-trigger": Spec("multi-trigger"),
     "sybil": Spec("sybil", dealing=Dealing(camouflage=10)),
     "wanet": Spec("wanet", 0.05),
+    "wanet-sybil": Spec("wanet", 0.05, dealing=Dealing(identities=10, camouflage=10)),
     "adaptive-blend": Spec("adaptive-blend", 0.01),
     "label-consistent": Spec("label-consistent", 0.05),
     "badnets@0.5%": Spec("badnets", 0.005),
@@ -162,6 +169,10 @@ def run(args: argparse.Namespace) -> None:
                 fit_s = time.perf_counter() - t0
                 row = {**common, "method": method_name, "fit_s": fit_s,
                        **score_method(method, ts, scenario, queries, seed=seed, redeals=args.redeals)}
+                if args.refit_redeals:
+                    row.update(refit_redeal_rates(partial(get_host_method, method_name), ts, queries,
+                                                  len(scenario.honest), np.random.default_rng(seed + 1),
+                                                  redeals=args.refit_redeals))
                 log.write(json.dumps(row) + "\n")
                 log.flush()
 
@@ -246,6 +257,8 @@ def main() -> None:
     parser.add_argument("--subset", type=int, default=20000)
     parser.add_argument("--queries", type=int, default=100, help="queries of each kind traced, at most")
     parser.add_argument("--redeals", type=int, default=100, help="re-deals per cell for the false-positive rate")
+    parser.add_argument("--refit-redeals", type=int, default=0,
+                        help="re-deals per cell with the method refitted on each (refit_redeal_*; a fit apiece)")
     parser.add_argument("--scenarios", nargs="+", default=list(SCENARIOS), choices=list(SCENARIOS))
     parser.add_argument("--methods", nargs="+", default=METHODS, choices=host_methods())
     parser.add_argument("--resume", action="store_true", help="skip cells runs.jsonl already holds")

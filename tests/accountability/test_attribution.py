@@ -3,6 +3,8 @@ contributors named, the tracer's proofs, and the demo block."""
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 import pytest
 import torch
@@ -14,6 +16,8 @@ from caltrain.accountability.evaluation import (
     Queries,
     accountability_report,
     collect_queries,
+    redeal_rates,
+    refit_redeal_rates,
     score_method,
     train_model,
 )
@@ -150,6 +154,23 @@ def test_natural_mispredictions_from_another_device_do_not_name_its_honest_owner
     assert scores["ours"]["device_queries"] == len(q.other_device)
     assert scores["ours"]["device_natural_answered"] <= 0.1 and scores["ours"]["device_owner_named"] == 0.0
     assert scores["caltrain-knn"]["device_natural_answered"] == 1.0 and scores["caltrain-knn"]["device_owner_named"]
+
+
+def test_refit_redeals_measure_a_method_whose_fit_reads_who_supplied_what(backdoor: Setup) -> None:
+    """`ours` sets records aside by other contributors' look-alikes, so its false-naming null is measured by refitting
+    on every re-deal. For a method whose fit ignores contributors the refit names exactly what reusing its answers
+    names, from the same draws; `ours`, refitted on re-deals of the poisoned set among honest parties, names none."""
+    s, ts, q = backdoor
+    knn = get_method("caltrain-knn")
+    knn.fit(ts)
+    answers = [a for batch in (q.attack, q.natural, q.natural_into_target) for a in knn.trace(batch, k=10)]
+    honest = len(s.honest)
+    plain = redeal_rates(lambda _: answers, ts.y, honest, np.random.default_rng(7), redeals=3, skew=0.3)
+    refit = refit_redeal_rates(partial(get_method, "caltrain-knn"), ts, q, honest, np.random.default_rng(7), redeals=3)
+    assert list(plain.values()) == list(refit.values())
+    ours = refit_redeal_rates(partial(get_method, "ours"), ts, q, honest, np.random.default_rng(7), redeals=2)
+    assert ours == {"refit_redeal_fpr_even": 0.0, "refit_redeal_fwer_even": 0.0,
+                    "refit_redeal_fpr_dirichlet": 0.0, "refit_redeal_fwer_dirichlet": 0.0}
 
 
 def test_label_flips_ranked_at_dataset_level_and_nobody_honest_named() -> None:

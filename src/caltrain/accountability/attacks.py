@@ -255,12 +255,14 @@ class Scenario:
 class Dealing:
     """How records reach participants: `honest` of them, `skew` = Dirichlet α over classes (None: even shares),
     `shifted` honest participants behind another device, `camouflage` clean records per attacker identity (None:
-    an honest-sized share)."""
+    an honest-sized share), `identities` the attacker identities its poison is spread over (None: the attack's own,
+    `make_scenario`'s colluders or sybils, else one)."""
 
     honest: int = 10
     skew: float | None = None
     shifted: int = 0
     camouflage: int | None = None
+    identities: int | None = None
 
 
 def deal(
@@ -296,7 +298,7 @@ def make_scenario(
     """Deal `train` among honest and malicious participants and poison exactly `round(rate × len(train))` records.
 
     `colluders`: attacker identities for split-colluders / multi-trigger, `sybils` for sybil (every other attack
-    has one).
+    has one, unless `dealing.identities` spreads it over more).
     `surrogate`: a model trained on clean data, needed by the label-consistent attack's adversarial perturbation.
     """
     if attack not in ATTACKS:
@@ -318,7 +320,8 @@ def make_scenario(
     cover = np.zeros(0, np.int64)
     triggers: tuple[Trigger, ...] = ()
     # attacker identities, each holding at least one poison record
-    bad = min(n_poison, {"split-colluders": colluders, "multi-trigger": colluders, "sybil": sybils}.get(attack, 1))
+    own = {"split-colluders": colluders, "multi-trigger": colluders, "sybil": sybils}.get(attack, 1)
+    bad = min(n_poison, own if dealing.identities is None else dealing.identities)
     poison_shares = _split(rng.permutation(chosen), bad)
     if attack in ("badnets", "split-colluders", "sybil"):
         triggers = (badnets_trigger,)

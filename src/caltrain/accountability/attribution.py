@@ -191,6 +191,29 @@ def leave_one_out_neighbours(points: np.ndarray, k: int, *, approximate: bool = 
     return pos[:, 1:]
 
 
+def other_contributor_neighbours(points: np.ndarray, contributors: np.ndarray, nearest: np.ndarray, k: int, *,
+                                 approximate: bool = False) -> np.ndarray:
+    """Each point's k nearest points supplied by *other* contributors (L2; -1 where there are fewer), taken from
+    `nearest` (each point's nearest other points, a leave-one-out search) where it holds k of them, else searched
+    among the other contributors' points. A party cannot vouch for its own labels: records that share one
+    transformation (a warp, a blend, a device) look like each other, and a poisoner's records then look like their
+    poisoned label."""
+    found = nearest >= 0
+    other = found & (contributors[np.maximum(nearest, 0)] != contributors[:, None])
+    order = np.argsort(~other, axis=1, kind="stable")[:, :k]
+    out = np.full((len(points), k), -1, np.int64)
+    out[:, : order.shape[1]] = np.where(np.take_along_axis(other, order, axis=1),
+                                        np.take_along_axis(nearest, order, axis=1), -1)
+    short = np.flatnonzero((out < 0).any(axis=1))
+    for who in np.unique(contributors[short]):
+        rows, rest = short[contributors[short] == who], np.flatnonzero(contributors != who)
+        if len(rest):
+            index = FingerprintIndex(points[rest], np.zeros(len(rest), np.int64), metric="l2", approximate=approximate)
+            _, pos = index.search(points[rows], k, 0)
+            out[rows] = np.where(pos >= 0, rest[np.maximum(pos, 0)], -1)
+    return out
+
+
 def knn_label_conflict(points: np.ndarray, labels: np.ndarray, k: int, *, approximate: bool = False) -> np.ndarray:
     """Leave-one-out share of a record's k nearest neighbours (any label) whose label differs from its own."""
     return _label_conflict(leave_one_out_neighbours(points, k, approximate=approximate), labels)
@@ -324,9 +347,10 @@ class Ours(AttributionMethod):
       trigger is); what makes an input naturally confusable does not carry over to other inputs;
     - mislabelled neighbourhood: the training records of the predicted class nearest the query in the model's
       embedding look like another class in input space (label flips, dirty-label poison);
-    - set-aside support: with the most label-surprising records set aside (`label_surprise`), the query's
-      nearest records move further away and stop voting for the predicted class. The query's prediction rests on
-      those records; this needs no additive trigger (a warp, a partial blend).
+    - set-aside support: with the most label-surprising records set aside (`label_surprise`, among any party's
+      look-alikes or among other parties' only, whichever is larger: a party cannot vouch for its own labels), the
+      query's nearest records move further away and stop voting for the predicted class. The query's prediction
+      rests on those records; this needs no additive trigger (a warp, a partial blend).
 
     Null: the statistics for the training inputs of other classes that the model takes for c' (its natural
     confusions), for every class c' other than the predicted one, so an attack on the predicted class cannot move
@@ -340,6 +364,7 @@ class Ours(AttributionMethod):
 
     name = "ours"
     neighbours = 10  # k of the input-space label conflict and surprise
+    overfetch = 4  # input-space neighbours searched per k, among which the surprise's other contributors are sought
     cluster_share = 0.01  # within-class embedding neighbourhood a record's score is pooled over, share of class
     support_share = 0.025  # best-ranked records an answer rests on (what contributor naming counts), share of the
     # predicted class: a quarter of a poison set of 1% of the data, at least 10, at most `candidates`
@@ -368,10 +393,15 @@ class Ours(AttributionMethod):
         sizes = np.bincount(ts.y, minlength=ts.num_classes)
         cluster = int(np.clip(round(self.cluster_share * np.median(sizes[sizes > 0])), 3, 20))
         self._support = np.clip(np.round(self.support_share * sizes), 10, self.candidates).astype(int)
-        look_alikes = leave_one_out_neighbours(pixels, self.neighbours, approximate=approximate)
+        nearest = leave_one_out_neighbours(pixels, self.overfetch * self.neighbours, approximate=approximate)
         pool = _within_class_cluster(ts, self._index, cluster)
-        self._suspicion = _label_conflict(look_alikes, ts.y)[pool].mean(axis=1)
-        surprise = label_surprise(look_alikes, ts.y, ts.features.probs)[pool].mean(axis=1)
+        self._suspicion = _label_conflict(nearest[:, : self.neighbours], ts.y)[pool].mean(axis=1)
+        # surprising among anyone's look-alikes (records amid mislabelled ones) or among other parties' (a party
+        # cannot vouch for its own labels)
+        others = other_contributor_neighbours(pixels, ts.contributors, nearest, self.neighbours,
+                                              approximate=approximate)
+        surprise = np.maximum(label_surprise(nearest[:, : self.neighbours], ts.y, ts.features.probs),
+                              label_surprise(others, ts.y, ts.features.probs))[pool].mean(axis=1)
         self._kept = np.flatnonzero(surprise <= np.quantile(surprise, 1.0 - self.set_aside))
         self._kept_index = FingerprintIndex(ts.features.fingerprints[self._kept], ts.y[self._kept],
                                             approximate=approximate)

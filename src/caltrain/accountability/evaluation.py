@@ -8,8 +8,8 @@ not sent there), natural mispredictions into other classes, and natural mispredi
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -178,11 +178,44 @@ def score_method(
             tprs.append(_rates(_named(chosen, ts.contributors, ts.y), malicious, honest)[0] or 0.0)
         out["contributor_tpr_at_10"] = _mean(tprs)
     everything = [*answers, *natural, *into_target]
-    for scheme, alpha in (("even", None), ("dirichlet", skew)):
-        named_counts = [len(_named(everything, redeal(ts.y, len(honest), rng, alpha), ts.y)) for _ in range(redeals)]
-        out[f"redeal_fpr_{scheme}"] = float(np.sum(named_counts)) / (redeals * len(honest))
-        out[f"redeal_fwer_{scheme}"] = float(np.mean([n > 0 for n in named_counts]))
+    out.update(redeal_rates(lambda _: everything, ts.y, len(honest), rng, redeals=redeals, skew=skew))
     return out
+
+
+def redeal_rates(
+    answers_for: Callable[[np.ndarray], Sequence[Attribution]], labels: np.ndarray, honest: int,
+    rng: np.random.Generator, *, redeals: int, skew: float, prefix: str = "redeal",
+) -> dict[str, float]:
+    """Measured false naming: every record dealt anew among `honest` participants `redeals` times, evenly and with
+    Dirichlet(`skew`) label skew; the share of them named, and of re-deals naming anyone. `answers_for(contributors)`
+    gives the answers under a dealing: the same ones for a method whose answers do not depend on who supplied what,
+    a refit's otherwise (`refit_redeal_rates`)."""
+    out = {}
+    for scheme, alpha in (("even", None), ("dirichlet", skew)):
+        counts = []
+        for _ in range(redeals):
+            who = redeal(labels, honest, rng, alpha)
+            counts.append(len(_named(answers_for(who), who, labels)))
+        out[f"{prefix}_fpr_{scheme}"] = float(np.sum(counts)) / (redeals * honest)
+        out[f"{prefix}_fwer_{scheme}"] = float(np.mean([n > 0 for n in counts]))
+    return out
+
+
+def refit_redeal_rates(
+    make: Callable[[], AttributionMethod], ts: TrainingSet, queries: Queries, honest: int, rng: np.random.Generator,
+    *, redeals: int, skew: float = 0.3,
+) -> dict[str, float]:
+    """`redeal_rates` with the method fitted anew on each re-dealt set (`refit_redeal_*`): for a method whose fit
+    reads who supplied what (`ours` sets aside by look-alikes from other contributors), reusing the answers of the
+    real dealing would not measure its null. Each re-deal costs a fit."""
+    batches = [b for b in (queries.attack, queries.natural, queries.natural_into_target) if len(b)]
+
+    def answers_for(contributors: np.ndarray) -> list[Attribution]:
+        method = make()
+        method.fit(replace(ts, contributors=contributors))
+        return [a for batch in batches for a in method.trace(batch, k=10)]
+
+    return redeal_rates(answers_for, ts.y, honest, rng, redeals=redeals, skew=skew, prefix="refit_redeal")
 
 
 def accountability_report(
