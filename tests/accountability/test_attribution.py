@@ -3,6 +3,7 @@ contributors named, the tracer's proofs, and the demo block."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from functools import partial
 
 import numpy as np
@@ -11,11 +12,12 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from caltrain.accountability.attacks import Dealing, Scenario, make_scenario
-from caltrain.accountability.attribution import QueryBatch, TrainingSet, get_method, name_contributors
+from caltrain.accountability.attribution import CaltrainKnn, QueryBatch, TrainingSet, get_method, name_contributors
 from caltrain.accountability.evaluation import (
     Queries,
     accountability_report,
     collect_queries,
+    redeal,
     redeal_rates,
     refit_redeal_rates,
     score_method,
@@ -131,6 +133,23 @@ def test_a_warp_trigger_is_answered_by_the_set_aside_test(warp: Setup) -> None:
     assert natural and not any(a.responsible for a in natural)
 
 
+def test_a_warp_poisoner_cannot_vouch_for_its_own_labels() -> None:
+    """At 8 % the warped poison is dense enough to be its own look-alikes: judged by any party's records (here: all
+    dealt to one contributor) only about 0.6 of it is among the records set aside; judged by other contributors'
+    records as well, nearly all of it."""
+    s, ts, _ = _setup("wanet", rate=0.08, seed=0)
+
+    def poison_set_aside(contributors: np.ndarray) -> float:
+        method = get_method("ours")
+        method.fit(replace(ts, contributors=contributors))
+        aside = np.ones(len(ts.y), bool)
+        aside[method._kept] = False  # type: ignore[attr-defined]
+        return float(aside[s.poison_mask].mean())
+
+    assert poison_set_aside(ts.contributors) >= 0.95
+    assert poison_set_aside(np.zeros_like(ts.contributors)) <= 0.8
+
+
 @pytest.mark.parametrize("tests", [(), ("transplant", "retrain")])
 def test_an_unknown_or_empty_test_list_is_refused_before_fitting(backdoor: Setup, tests: tuple[str, ...]) -> None:
     method = get_method("ours")
@@ -166,8 +185,18 @@ def test_refit_redeals_measure_a_method_whose_fit_reads_who_supplied_what(backdo
     answers = [a for batch in (q.attack, q.natural, q.natural_into_target) for a in knn.trace(batch, k=10)]
     honest = len(s.honest)
     plain = redeal_rates(lambda _: answers, ts.y, honest, np.random.default_rng(7), redeals=3, skew=0.3)
-    refit = refit_redeal_rates(partial(get_method, "caltrain-knn"), ts, q, honest, np.random.default_rng(7), redeals=3)
+    fitted_with: list[np.ndarray] = []
+
+    class Recording(CaltrainKnn):
+        def fit(self, ts: TrainingSet) -> None:
+            fitted_with.append(ts.contributors)
+            super().fit(ts)
+
+    refit = refit_redeal_rates(Recording, ts, q, honest, np.random.default_rng(7), redeals=3)
     assert list(plain.values()) == list(refit.values())
+    rng = np.random.default_rng(7)  # each fit saw its own re-deal, the same draws in the same order
+    dealt = [redeal(ts.y, honest, rng, skew) for skew in (None, None, None, 0.3, 0.3, 0.3)]
+    assert len(fitted_with) == 6 and all(np.array_equal(a, b) for a, b in zip(fitted_with, dealt, strict=True))
     ours = refit_redeal_rates(partial(get_method, "ours"), ts, q, honest, np.random.default_rng(7), redeals=2)
     assert ours == {"refit_redeal_fpr_even": 0.0, "refit_redeal_fwer_even": 0.0,
                     "refit_redeal_fpr_dirichlet": 0.0, "refit_redeal_fwer_dirichlet": 0.0}

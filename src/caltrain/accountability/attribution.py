@@ -394,13 +394,14 @@ class Ours(AttributionMethod):
         cluster = int(np.clip(round(self.cluster_share * np.median(sizes[sizes > 0])), 3, 20))
         self._support = np.clip(np.round(self.support_share * sizes), 10, self.candidates).astype(int)
         nearest = leave_one_out_neighbours(pixels, self.overfetch * self.neighbours, approximate=approximate)
+        look_alikes = nearest[:, : self.neighbours]
         pool = _within_class_cluster(ts, self._index, cluster)
-        self._suspicion = _label_conflict(nearest[:, : self.neighbours], ts.y)[pool].mean(axis=1)
+        self._suspicion = _label_conflict(look_alikes, ts.y)[pool].mean(axis=1)
         # surprising among anyone's look-alikes (records amid mislabelled ones) or among other parties' (a party
         # cannot vouch for its own labels)
         others = other_contributor_neighbours(pixels, ts.contributors, nearest, self.neighbours,
                                               approximate=approximate)
-        surprise = np.maximum(label_surprise(nearest[:, : self.neighbours], ts.y, ts.features.probs),
+        surprise = np.maximum(label_surprise(look_alikes, ts.y, ts.features.probs),
                               label_surprise(others, ts.y, ts.features.probs))[pool].mean(axis=1)
         self._kept = np.flatnonzero(surprise <= np.quantile(surprise, 1.0 - self.set_aside))
         self._kept_index = FingerprintIndex(ts.features.fingerprints[self._kept], ts.y[self._kept],
