@@ -136,8 +136,14 @@ def test_a_warp_trigger_is_answered_by_the_set_aside_test(warp: Setup) -> None:
 def test_a_warp_poisoner_cannot_vouch_for_its_own_labels() -> None:
     """At 8 % the warped poison is dense enough to be its own look-alikes: judged by any party's records (here: all
     dealt to one contributor) only about 0.6 of it is among the records set aside; judged by other contributors'
-    records as well, nearly all of it."""
+    records as well, nearly all of it, also when the attacker spreads it over ten identities that vouch for each
+    other (they act as one party)."""
     s, ts, _ = _setup("wanet", rate=0.08, seed=0)
+    attacker = np.unique(ts.contributors[s.poison_mask])
+    assert len(attacker) == 1
+    mine = np.flatnonzero(ts.contributors == attacker[0])
+    sybils = ts.contributors.copy()
+    sybils[mine] = ts.contributors.max() + 1 + np.arange(len(mine)) % 10
 
     def poison_set_aside(contributors: np.ndarray) -> float:
         method = get_method("ours")
@@ -147,6 +153,7 @@ def test_a_warp_poisoner_cannot_vouch_for_its_own_labels() -> None:
         return float(aside[s.poison_mask].mean())
 
     assert poison_set_aside(ts.contributors) >= 0.95
+    assert poison_set_aside(sybils) >= 0.95
     assert poison_set_aside(np.zeros_like(ts.contributors)) <= 0.8
 
 

@@ -1,6 +1,6 @@
 """What a record looks like, for the set-aside test's label surprise: its nearest records in input space supplied
-by *other* contributors, so that records sharing one transformation (a poisoner's warp) cannot vouch for each
-other's label."""
+by *other* parties, so that records sharing one transformation (a poisoner's warp) cannot vouch for each other's
+label, whether one identity supplied them or many that act as one party."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from caltrain.accountability.attribution import (
+    acting_parties,
     label_surprise,
     leave_one_out_neighbours,
     other_contributor_neighbours,
@@ -65,3 +66,42 @@ def test_records_sharing_one_transformation_cannot_vouch_for_their_label() -> No
     is_poison = contributors == 3
     assert np.median(anyone[is_poison]) < np.quantile(anyone[~is_poison], 0.9)
     assert np.min(others[is_poison]) > np.quantile(others[~is_poison], 0.9)
+
+
+def _classes(rng: np.random.Generator, n: int, classes: int = 4) -> tuple[np.ndarray, np.ndarray]:
+    labels = rng.integers(0, classes, n)
+    return (rng.standard_normal((n, 6)) + 4.0 * np.eye(classes, 6)[labels]).astype(np.float32), labels
+
+
+@given(parties=st.integers(2, 12), skew=st.sampled_from([None, 0.3, 0.1]), seed=st.integers(0, 2**16))
+@settings(max_examples=25, deadline=None)
+def test_honest_contributors_act_alone_whatever_their_label_skew(parties: int, skew: float | None, seed: int) -> None:
+    """Records dealt at random (evenly, or per class by Dirichlet shares, as label-skewed participants hold them)
+    look like each other only as often as their class shares say: nobody is joined to anybody."""
+    rng = np.random.default_rng(seed)
+    points, labels = _classes(rng, 1500)
+    if skew is None:
+        contributors = rng.integers(0, parties, len(labels))
+    else:
+        shares = rng.dirichlet(np.full(parties, skew), size=4)
+        contributors = np.array([rng.choice(parties, p=shares[c]) for c in labels])
+    found = acting_parties(labels, contributors, leave_one_out_neighbours(points, 40))
+    for who in np.unique(contributors):
+        assert len(np.unique(found[contributors == who])) == 1
+        assert set(contributors[found == found[contributors == who][0]]) == {who}
+
+
+def test_identities_sharing_one_transformation_act_as_one_party() -> None:
+    """Ten attacker identities whose records all carry one transformation are one party; an honest contributor
+    behind another device (its own transformation, no partner) and the other honest ones act alone."""
+    rng = np.random.default_rng(1)
+    points, labels = _classes(rng, 3000)
+    contributors = rng.integers(0, 8, len(labels))
+    attacker = rng.choice(len(labels), 300, replace=False)
+    contributors[attacker] = 8 + np.arange(300) % 10
+    points[attacker] += 3.0 * np.eye(6)[5]
+    points[contributors == 0] -= 3.0 * np.eye(6)[4]  # the honest participant behind another device
+    found = acting_parties(labels, contributors, leave_one_out_neighbours(points, 40))
+    assert len(np.unique(found[attacker])) == 1
+    assert len(np.unique(found)) == 9
+    assert not np.isin(found[contributors < 8], found[attacker]).any()

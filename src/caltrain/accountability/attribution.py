@@ -214,6 +214,38 @@ def other_contributor_neighbours(points: np.ndarray, contributors: np.ndarray, n
     return out
 
 
+def acting_parties(labels: np.ndarray, contributors: np.ndarray, nearest: np.ndarray, *, ratio: float = 2.0,
+                   alpha: float = 1e-3) -> np.ndarray:
+    """Per record, the party its contributor acts as one with: contributors whose records are each other's
+    look-alikes (`nearest`, -1 for none) at least `ratio` times as often as their shares of each neighbour's class
+    predict, beyond chance (Poisson, Bonferroni `alpha` over pairs), are one party, and so, transitively, are their
+    partners. One poisoner behind many identities shares one transformation across them; honest contributors, even
+    label-skewed or behind another device, look like each other only as often as their class shares say."""
+    ids, who = np.unique(contributors, return_inverse=True)
+    if len(ids) < 2:
+        return who
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+    from scipy.stats import poisson
+
+    classes = int(labels.max()) + 1
+    share = np.zeros((classes, len(ids)))
+    np.add.at(share, (labels, who), 1.0)
+    share /= np.maximum(share.sum(axis=1, keepdims=True), 1.0)
+    found = nearest >= 0
+    links, expected = np.zeros((len(ids), len(ids))), np.zeros((len(ids), len(ids)))
+    rows, linked = np.broadcast_to(who[:, None], nearest.shape)[found], nearest[found]
+    np.add.at(links, (rows, who[linked]), 1.0)
+    np.add.at(expected, rows, share[labels[linked]])
+    links, expected = links + links.T, expected + expected.T
+    a, b = np.triu_indices(len(ids), 1)
+    # halved: a mutual pair of look-alikes is counted from both ends
+    p = poisson.sf(np.ceil(links[a, b] / 2) - 1, expected[a, b] / 2)
+    joined = (links[a, b] >= ratio * expected[a, b]) & (p < alpha / len(a))
+    graph = coo_matrix((np.ones(int(joined.sum())), (a[joined], b[joined])), shape=(len(ids), len(ids)))
+    return connected_components(graph, directed=False)[1][who]
+
+
 def knn_label_conflict(points: np.ndarray, labels: np.ndarray, k: int, *, approximate: bool = False) -> np.ndarray:
     """Leave-one-out share of a record's k nearest neighbours (any label) whose label differs from its own."""
     return _label_conflict(leave_one_out_neighbours(points, k, approximate=approximate), labels)
@@ -397,10 +429,10 @@ class Ours(AttributionMethod):
         look_alikes = nearest[:, : self.neighbours]
         pool = _within_class_cluster(ts, self._index, cluster)
         self._suspicion = _label_conflict(look_alikes, ts.y)[pool].mean(axis=1)
-        # surprising among anyone's look-alikes (records amid mislabelled ones) or among other parties' (a party
-        # cannot vouch for its own labels)
-        others = other_contributor_neighbours(pixels, ts.contributors, nearest, self.neighbours,
-                                              approximate=approximate)
+        # surprising among anyone's look-alikes (records amid mislabelled ones) or among other parties' (a party,
+        # however many identities it acts through, cannot vouch for its own labels)
+        parties = acting_parties(ts.y, ts.contributors, nearest)
+        others = other_contributor_neighbours(pixels, parties, nearest, self.neighbours, approximate=approximate)
         surprise = np.maximum(label_surprise(look_alikes, ts.y, ts.features.probs),
                               label_surprise(others, ts.y, ts.features.probs))[pool].mean(axis=1)
         self._kept = np.flatnonzero(surprise <= np.quantile(surprise, 1.0 - self.set_aside))
