@@ -228,21 +228,20 @@ def acting_parties(labels: np.ndarray, contributors: np.ndarray, nearest: np.nda
     from scipy.sparse.csgraph import connected_components
     from scipy.stats import poisson
 
-    classes = int(labels.max()) + 1
-    share = np.zeros((classes, len(ids)))
-    np.add.at(share, (labels, who), 1.0)
-    share /= np.maximum(share.sum(axis=1, keepdims=True), 1.0)
+    n, classes = len(ids), int(labels.max()) + 1
+    share = np.bincount(labels * n + who, minlength=classes * n).reshape(classes, n).astype(float)
+    share /= np.maximum(share.sum(axis=1, keepdims=True), 1.0)  # each contributor's share of each class
     found = nearest >= 0
-    links, expected = np.zeros((len(ids), len(ids))), np.zeros((len(ids), len(ids)))
     rows, linked = np.broadcast_to(who[:, None], nearest.shape)[found], nearest[found]
-    np.add.at(links, (rows, who[linked]), 1.0)
-    np.add.at(expected, rows, share[labels[linked]])
+    links = np.bincount(rows * n + who[linked], minlength=n * n).reshape(n, n).astype(float)
+    by_class = np.bincount(rows * classes + labels[linked], minlength=n * classes).reshape(n, classes)
+    expected = by_class @ share
     links, expected = links + links.T, expected + expected.T
-    a, b = np.triu_indices(len(ids), 1)
+    a, b = np.triu_indices(n, 1)
     # halved: a mutual pair of look-alikes is counted from both ends
     p = poisson.sf(np.ceil(links[a, b] / 2) - 1, expected[a, b] / 2)
     joined = (links[a, b] >= ratio * expected[a, b]) & (p < alpha / len(a))
-    graph = coo_matrix((np.ones(int(joined.sum())), (a[joined], b[joined])), shape=(len(ids), len(ids)))
+    graph = coo_matrix((np.ones(int(joined.sum())), (a[joined], b[joined])), shape=(n, n))
     return connected_components(graph, directed=False)[1][who]
 
 
