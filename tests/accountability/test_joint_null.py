@@ -1,4 +1,4 @@
-"""The per-query decision's calibration: "any of the tests fires" is answered at its nominal rate for inputs drawn
+"""The per-query decision's calibration: the tests' pooled evidence is answered at its nominal rate for inputs drawn
 like the null, whatever the tests' correlation and ties, where the plain smallest p-value would answer far more."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from caltrain.accountability.attribution import JointNull
+from caltrain.accountability.attribution import JointNull, harmonic_mean_p
 
 
 def _draw(rng: np.random.Generator, n: int, tests: int, correlation: float, tied: float) -> np.ndarray:
@@ -50,4 +50,16 @@ def test_an_input_beyond_every_null_input_gets_the_smallest_p_value() -> None:
     null = JointNull.of(_draw(rng, 999, 3, 0.5, 0.2))
     p, each = null.p_values(np.array([-np.inf, -np.inf, 1e9]))
     assert each[:2] == [1.0, 1.0] and each[2] == pytest.approx(1 / 1000)
-    assert p <= 0.01 and p == pytest.approx((1 + np.searchsorted(null.min_p, 1 / 1000, side="right")) / 1000)
+    evidence = harmonic_mean_p(np.array(each))
+    assert p <= 0.01 and p == pytest.approx((1 + np.searchsorted(null.evidence, evidence, side="right")) / 1000)
+
+
+def test_two_moderate_p_values_outweigh_one_a_little_smaller() -> None:
+    """The harmonic mean pools the tests' evidence: two tests at p = 0.005 are stronger evidence than one at 0.004
+    with the others silent (the smallest p-value alone would rank them the other way round)."""
+    rng = np.random.default_rng(3)
+    null = JointNull.of(_draw(rng, 999, 3, 0.0, 0.0))
+    two, each_two = null.p_values(np.array([null.columns[-4, 0], null.columns[-4, 1], -np.inf]))
+    one, each_one = null.p_values(np.array([null.columns[-3, 0], -np.inf, -np.inf]))
+    assert min(each_one) < min(each_two)
+    assert two < one

@@ -341,12 +341,13 @@ def _exceeds(value: float, null: np.ndarray) -> float:
 @dataclass(frozen=True)
 class JointNull:
     """Several tests' statistics on the same null inputs (larger is more suspicious), calibrated as one: an
-    input's evidence is its smallest p-value over the tests, and its joint p-value is the share of null inputs
-    whose own smallest p-value (each left out of its column) is as small. So "any test fires" keeps its measured
-    rate, whatever the tests' correlation, where Bonferroni would only bound it."""
+    input's evidence is the harmonic mean of its p-values over the tests (Wilson 2019: dominated by the smallest,
+    yet two moderately small ones count for more than one), and its joint p-value is the share of null inputs
+    whose own harmonic mean (each left out of its column) is as small. So "the tests together fire" keeps its
+    measured rate, whatever the tests' correlation, where Bonferroni would only bound it."""
 
     columns: np.ndarray  # N×tests, each column sorted
-    min_p: np.ndarray  # the null inputs' own smallest p-values, sorted
+    evidence: np.ndarray  # the null inputs' own harmonic-mean p-values, sorted
 
     @classmethod
     def of(cls, statistics: np.ndarray) -> JointNull:
@@ -354,12 +355,19 @@ class JointNull:
         columns = np.sort(statistics, axis=0)
         below = np.stack([np.searchsorted(columns[:, j], statistics[:, j], side="left")
                           for j in range(statistics.shape[1])], axis=1)
-        return cls(columns, np.sort(((n - below) / max(n, 1)).min(axis=1)))
+        return cls(columns, np.sort(harmonic_mean_p((n - below) / max(n, 1))))
 
     def p_values(self, row: np.ndarray) -> tuple[float, list[float]]:
         """The joint p-value of one input's statistics, and each test's own."""
         each = [_exceeds(value, self.columns[:, j]) for j, value in enumerate(row)]
-        return float((1 + np.searchsorted(self.min_p, min(each), side="right")) / (1 + len(self.min_p))), each
+        at = np.searchsorted(self.evidence, float(harmonic_mean_p(np.array(each))), side="right")
+        return float((1 + at) / (1 + len(self.evidence))), each
+
+
+def harmonic_mean_p(p_values: np.ndarray) -> np.ndarray:
+    """The harmonic mean of p-values (none of them 0) over the last axis: how the tests' evidence is pooled before
+    calibration."""
+    return p_values.shape[-1] / np.sum(1.0 / p_values, axis=-1)
 
 
 # how each per-query test's statistic is reported in an answer's details
@@ -385,9 +393,9 @@ class Ours(AttributionMethod):
 
     Null: the statistics for the training inputs of other classes that the model takes for c' (its natural
     confusions), for every class c' other than the predicted one, so an attack on the predicted class cannot move
-    its own null. A query's evidence is its smallest p-value over the tests, and its answer is "responsible" when
-    that is smaller than all but an `alpha` share of the null inputs' own smallest p-values: the union of the tests
-    is calibrated as one, whatever their correlation. Records: the nearest of the predicted class in the
+    its own null. A query's evidence is the harmonic mean of its p-values over the tests, and its answer is
+    "responsible" when that is smaller than all but an `alpha` share of the null inputs' own: the tests are
+    calibrated as one, whatever their correlation. Records: the nearest of the predicted class in the
     embedding, ranked by similarity plus their pooled conflict; the best-ranked share of the class is the answer's
     support, which contributor naming counts. The dataset-level ranking (`suspicion`) is the pooled input-space
     label conflict.
