@@ -119,9 +119,9 @@ def ours_end_to_end(model_path: Path, sizes: list[int], queries: int) -> list[di
 def ours_searches(n: int, *, sample: int = 2000, seed: int = 0) -> dict[str, Any]:
     """The N-dependent parts of `ours` on synthetic vectors: all-records input-space kNN (label conflict and
     surprise), who acts as one party among 20 contributors (`acting_parties`), every record's within-class
-    embedding kNN (pooling), the index builds, and one query's searches
-    (candidates, look-alikes, surroundings, nearest records with and without the set-aside ones), which the fit also
-    runs for each of its null inputs. All-records searches are timed on `sample` rows and scaled to N."""
+    embedding kNN (pooling), the index builds, and one query's searches (candidates, look-alikes, surroundings,
+    nearest records with and without the set-aside ones), which the fit also runs for each of its null inputs.
+    All-records searches are timed on `sample` rows and scaled to N."""
     rng = np.random.default_rng(seed)
     y = rng.integers(0, 10, n)
     pixels = rng.standard_normal((n, 64), dtype=np.float32)

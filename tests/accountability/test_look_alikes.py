@@ -12,7 +12,7 @@ from caltrain.accountability.attribution import (
     acting_parties,
     label_surprise,
     leave_one_out_neighbours,
-    other_contributor_neighbours,
+    other_party_neighbours,
 )
 
 
@@ -38,7 +38,7 @@ def test_matches_a_brute_force_search_among_other_contributors(
     if clustered:  # party 0's records one tight clump, far from the rest
         points[contributors == 0] = 50.0 + 0.01 * rng.standard_normal(((contributors == 0).sum(), 3))
     nearest = leave_one_out_neighbours(points, min(overfetch * k, n - 1))
-    got = other_contributor_neighbours(points, contributors, nearest, k)
+    got = other_party_neighbours(points, contributors, nearest, k)
     want = _brute_force(points, contributors, k)
     assert got.shape == (n, k)
     assert not np.any((got >= 0) & (contributors[np.maximum(got, 0)] == contributors[:, None]))
@@ -62,7 +62,7 @@ def test_records_sharing_one_transformation_cannot_vouch_for_their_label() -> No
     probs = np.where(np.eye(2)[labels] > 0, 0.95, 0.05)  # a model that gives each record its label
     nearest = leave_one_out_neighbours(points, 40)
     anyone = label_surprise(nearest[:, :10], labels, probs)
-    others = label_surprise(other_contributor_neighbours(points, contributors, nearest, 10), labels, probs)
+    others = label_surprise(other_party_neighbours(points, contributors, nearest, 10), labels, probs)
     is_poison = contributors == 3
     assert np.median(anyone[is_poison]) < np.quantile(anyone[~is_poison], 0.9)
     assert np.min(others[is_poison]) > np.quantile(others[~is_poison], 0.9)

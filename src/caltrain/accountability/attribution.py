@@ -191,22 +191,22 @@ def leave_one_out_neighbours(points: np.ndarray, k: int, *, approximate: bool = 
     return pos[:, 1:]
 
 
-def other_contributor_neighbours(points: np.ndarray, contributors: np.ndarray, nearest: np.ndarray, k: int, *,
-                                 approximate: bool = False) -> np.ndarray:
-    """Each point's k nearest points supplied by *other* contributors (L2; -1 where there are fewer), taken from
+def other_party_neighbours(points: np.ndarray, parties: np.ndarray, nearest: np.ndarray, k: int, *,
+                           approximate: bool = False) -> np.ndarray:
+    """Each point's k nearest points supplied by *other* parties (L2; -1 where there are fewer), taken from
     `nearest` (each point's nearest other points, a leave-one-out search) where it holds k of them, else searched
-    among the other contributors' points. A party cannot vouch for its own labels: records that share one
-    transformation (a warp, a blend, a device) look like each other, and a poisoner's records then look like their
-    poisoned label."""
+    among the other parties' points. A party (a contributor, or contributors acting as one: `acting_parties`)
+    cannot vouch for its own labels: records that share one transformation (a warp, a blend, a device) look like
+    each other, and a poisoner's records then look like their poisoned label."""
     found = nearest >= 0
-    other = found & (contributors[np.maximum(nearest, 0)] != contributors[:, None])
+    other = found & (parties[np.maximum(nearest, 0)] != parties[:, None])
     order = np.argsort(~other, axis=1, kind="stable")[:, :k]
     out = np.full((len(points), k), -1, np.int64)
     out[:, : order.shape[1]] = np.where(np.take_along_axis(other, order, axis=1),
                                         np.take_along_axis(nearest, order, axis=1), -1)
     short = np.flatnonzero((out < 0).any(axis=1))
-    for who in np.unique(contributors[short]):
-        rows, rest = short[contributors[short] == who], np.flatnonzero(contributors != who)
+    for who in np.unique(parties[short]):
+        rows, rest = short[parties[short] == who], np.flatnonzero(parties != who)
         if len(rest):
             index = FingerprintIndex(points[rest], np.zeros(len(rest), np.int64), metric="l2", approximate=approximate)
             _, pos = index.search(points[rows], k, 0)
@@ -439,7 +439,7 @@ class Ours(AttributionMethod):
         # surprising among anyone's look-alikes (records amid mislabelled ones) or among other parties' (a party,
         # however many identities it acts through, cannot vouch for its own labels)
         parties = acting_parties(ts.y, ts.contributors, nearest)
-        others = other_contributor_neighbours(pixels, parties, nearest, self.neighbours, approximate=approximate)
+        others = other_party_neighbours(pixels, parties, nearest, self.neighbours, approximate=approximate)
         surprise = np.maximum(label_surprise(look_alikes, ts.y, ts.features.probs),
                               label_surprise(others, ts.y, ts.features.probs))[pool].mean(axis=1)
         self._kept = np.flatnonzero(surprise <= np.quantile(surprise, 1.0 - self.set_aside))
