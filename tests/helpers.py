@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import struct
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -204,3 +204,13 @@ def container_chunks(blob: bytes) -> tuple[bytes, list[bytes]]:
         chunks.append(blob[offset : offset + 4 + length])
         offset += 4 + length
     return prefix, chunks
+
+
+COUNTED = ("traced", "answers_p_value", "p_value", "blame", "named")
+
+
+def uncounted(report: dict[str, Any]) -> dict[str, Any]:
+    """A trace report without what depends on how many queries the enclave traced before it (its ledger moves on
+    with every trace): the answers, the statement and each contributor's evidence stay."""
+    return {**{k: v for k, v in report.items() if k != "traced"},
+            "contributors": [{k: v for k, v in c.items() if k not in COUNTED} for c in report["contributors"]]}

@@ -9,8 +9,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.stats import hypergeom
 
-from caltrain.accountability.attribution import Attribution, _hypergeometric_tail, name_contributors
+from caltrain.accountability.attribution import (
+    Attribution,
+    _hypergeometric_tail,
+    distinct_answers,
+    distinct_inputs,
+    name_contributors,
+)
 from caltrain.accountability.evaluation import redeal
+from caltrain.data.datasets import load_dataset
 
 
 def _answers(evidence: np.ndarray, per_answer: int = 10, level: float | None = None) -> list[Attribution]:
@@ -95,6 +102,60 @@ def test_a_few_false_answers_resting_on_one_party_do_not_name_it() -> None:
     assert party.answers_p_value is not None and party.p_value == party.answers_p_value > 0.1 and not party.named
     many = [*_answers(own, level=0.01), *_abstentions(270, 0.01)]
     assert [e.contributor for e in name_contributors(many, contributors, labels) if e.named] == [7]
+
+
+def test_answers_picked_out_of_many_traced_are_judged_against_all_of_them() -> None:
+    """An auditor who traced 2,000 queries (20 false answers expected at the level) and then sends together the
+    ten answered ones resting on one honest party does not get it named: with `traced` (the enclave's ledger) the
+    answers null counts every query they were picked from. The same ten, truly the only ones traced, name it."""
+    labels, contributors, own = _party_behind_a_device(np.random.default_rng(7))
+    picked = _answers(own[:100], level=0.01)
+    assert [e.contributor for e in name_contributors(picked, contributors, labels) if e.named] == [7]
+    [party] = [e for e in name_contributors(picked, contributors, labels, traced=2000) if e.contributor == 7]
+    assert party.traced == 2000 and party.answers_p_value is not None and party.answers_p_value > 0.5
+    assert not party.named
+    with pytest.raises(ValueError, match="traced"):
+        name_contributors(picked, contributors, labels, traced=len(picked) - 1)
+
+
+def test_copies_of_an_input_are_one_input_and_distinct_inputs_are_not() -> None:
+    """Exact copies and copies with a little noise (sigma 0.02 on [0, 1] pixels) of 20 test images are 20 inputs;
+    every one of the 359 distinct digits test images is its own."""
+    train, test = load_dataset("digits")
+    rng = np.random.default_rng(0)
+    base = test.x[:20]
+    noisy = np.clip(base + rng.normal(0, 0.02, base.shape).astype(np.float32), 0.0, 1.0)
+    groups = distinct_inputs(np.concatenate([base, base, noisy]), train.x)
+    assert len(np.unique(groups)) == 20
+    assert np.array_equal(groups[:20], groups[20:40]) and np.array_equal(groups[:20], groups[40:])
+    assert len(np.unique(distinct_inputs(test.x, train.x))) == len(test.x)
+
+
+@given(order=st.permutations(list(range(12))))
+@settings(max_examples=30, deadline=None)
+def test_which_inputs_are_one_does_not_depend_on_their_order(order: list[int]) -> None:
+    train, test = load_dataset("digits")
+    x = np.concatenate([test.x[:6], test.x[:6] + 0.01])
+    groups, shuffled = distinct_inputs(x, train.x), distinct_inputs(x[order], train.x)
+    assert all((groups[order[i]] == groups[order[j]]) == (shuffled[i] == shuffled[j])
+               for i in range(12) for j in range(12))
+
+
+def test_one_falsely_answered_input_sent_ten_times_names_nobody() -> None:
+    """An auditor who found one input falsely answered, resting on an honest party's records, and sends it ten
+    times (with a little noise each time) has one answer, not ten: one answered input never names anyone. Counted
+    as ten, the party would be named."""
+    labels, contributors, own = _party_behind_a_device(np.random.default_rng(8))
+    train, test = load_dataset("digits")
+    rng = np.random.default_rng(1)
+    x = np.clip(test.x[:1] + rng.normal(0, 0.01, (10, *test.x.shape[1:])).astype(np.float32), 0.0, 1.0)
+    answers = [Attribution(own[:10], np.zeros(10), support=own[:10], level=0.01) for _ in range(10)]
+    assert [e.contributor for e in name_contributors(answers, contributors, labels) if e.named] == [7]
+    distinct = distinct_answers(x, answers, train.x)
+    [party] = [e for e in name_contributors(answers, contributors, labels, distinct=distinct) if e.contributor == 7]
+    assert (party.answers, party.answered) == (1, 1) and not party.named
+    with pytest.raises(ValueError, match="distinct"):
+        name_contributors(answers, contributors, labels, distinct=distinct[:-1])
 
 
 def test_one_answered_query_names_nobody_at_a_per_query_level() -> None:

@@ -127,18 +127,59 @@ def test_one_answer_at_a_time_names_nobody_and_the_report_says_how_many_were_tra
     trained: tuple, people: People
 ) -> None:
     """Blame needs more answers resting on a member than the per-query false-answer rate explains among the queries
-    traced together: sent together, the triggered inputs name bob, and the signed report says how many of how many
-    rest on him; one of those inputs sent alone is still answered, but names nobody."""
+    traced: sent together, the triggered inputs name bob, and the signed report says how many of how many rest on
+    him; one of those inputs sent alone is still answered, but names nobody. Each report counts every query the
+    enclave has traced for the job with the method, these included."""
     host, built, _ = trained
     batch = call_sealed(host, query(built, built["triggered"]), people.auditor, ForensicReply).report
     [bob] = [c for c in batch["contributors"] if c["named"]]
-    assert bob["contributor"] == "bob" and bob["traced"] == len(built["triggered"])
+    assert bob["contributor"] == "bob" and bob["traced"] == batch["traced"] >= len(built["triggered"])
     assert bob["answers"] >= 10 and bob["answers_p_value"] < 1e-3, bob
     first = next(i for i, a in enumerate(batch["answers"]) if a["responsible"])
     single = call_sealed(host, query(built, built["triggered"][first : first + 1]), people.auditor,
                          ForensicReply).report
     assert single["answers"][0]["responsible"] and single["contributors"]
     assert not any(c["named"] for c in single["contributors"])
+    assert single["traced"] == batch["traced"] + 1
+
+
+def test_a_batch_picked_by_its_answers_is_judged_against_everything_traced(trained: tuple, people: People) -> None:
+    """An auditor who traces many queries and then sends together only some it picked (by their answers, or by
+    whom they would blame) is judged against all it traced: the enclave counts every traced query in a sealed,
+    counter-pinned ledger, so the answers null holds however the batch was chosen. Five triggered inputs, each
+    answered and resting on bob, name him among few traced queries (the previous test) but not once hundreds were
+    traced; a replayed request is refused and counts nothing."""
+    from scipy.stats import binom
+
+    host, built, _ = trained
+    before = call_sealed(host, query(built, built["triggered"][:1]), people.auditor, ForensicReply).report["traced"]
+    _, test = _poisoned()[2:]
+    screened = call_sealed(host, query(built, test.x[np.arange(400) % len(test.x)]), people.auditor,
+                           ForensicReply).report
+    assert screened["traced"] == before + 400
+    msg = signed_by(query(built, built["triggered"][:5]), people.auditor, host.keys)
+    host.call(seal_request(msg, host.keys), SealedReply)
+    with pytest.raises(RequestReplayed):
+        host.call(seal_request(msg, host.keys), SealedReply)
+    picked = call_sealed(host, query(built, built["triggered"][:5]), people.auditor, ForensicReply).report
+    assert picked["traced"] == before + 410, "the replay was counted, or a trace was not"
+    assert all(a["responsible"] for a in picked["answers"])
+    [bob] = [c for c in picked["contributors"] if c["contributor"] == "bob"]
+    assert bob["answers"] == 5 and not bob["named"]
+    assert bob["answers_p_value"] == pytest.approx(binom.sf(4, picked["traced"], 0.01))
+    assert binom.sf(4, 5, 0.01) < 1e-8, "judged against the batch alone, the same answers would be overwhelming"
+
+
+def test_one_input_sent_many_times_is_one_answer(trained: tuple, people: People) -> None:
+    """Five copies of one triggered input, a little noise on each, are all answered resting on bob's poison, but
+    they are one input: the signed report counts one answer on bob, and one answer names nobody."""
+    host, built, _ = trained
+    one = built["triggered"][:1]
+    noise = np.random.default_rng(0).normal(0, 0.01, (5, *one.shape[1:])).astype(np.float32)
+    report = call_sealed(host, query(built, np.clip(one + noise, 0.0, 1.0)), people.auditor, ForensicReply).report
+    assert all(a["responsible"] for a in report["answers"])
+    [bob] = [c for c in report["contributors"] if c["contributor"] == "bob"]
+    assert (bob["answers"], bob["answered"]) == (1, 1) and not bob["named"]
 
 
 def test_participant_verifies_the_signed_report_offline(trained: tuple, people: People) -> None:

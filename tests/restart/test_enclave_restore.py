@@ -49,7 +49,7 @@ from caltrain.models import build_model
 from caltrain.training.config import TrainConfig
 from caltrain.training.errors import NoActiveJob
 from caltrain.training.partitioned import PartitionedTrainer
-from tests.helpers import People, call_sealed, create_job, ingest, open_policy, pack, signed_by
+from tests.helpers import People, call_sealed, create_job, ingest, open_policy, pack, signed_by, uncounted
 
 torch.set_num_threads(1)
 
@@ -145,7 +145,9 @@ def test_finished_model_forensics_and_deployments_come_back(before: Before, peop
         exported = call_sealed(host, ExportModel(job_id=before.job_id, auth=UNSIGNED), people.owner, Exported)
         front = torch.load(io.BytesIO(exported.front_state), weights_only=True)
         assert exported.seed == before.seed and all(torch.equal(front[k], v) for k, v in before.front.items())
-        assert trace(host, people, before.job_id, before.query) == before.trace, "forensics answer as before"
+        after = trace(host, people, before.job_id, before.query)
+        assert uncounted(after) == uncounted(before.trace), "forensics answer as before"
+        assert after["traced"] == before.trace["traced"] + len(before.query), "the trace ledger came back"
         status = host.call(GetJobState(job_id=before.job_id), JobState)
         assert status.state == "linked" and status.statement == before.statement
         for model_id, info in before.infos.items():
@@ -233,5 +235,22 @@ def test_tampered_or_rolled_back_restore_state_fails_closed(before: Before, peop
         host.stop()
     # the deployment registry, deleted: the enclave refuses to start
     (enclave / "deployments.sealed").unlink()
+    with pytest.raises(StateRolledBack):
+        restarted(people, state)
+
+
+def test_a_rolled_back_trace_ledger_fails_closed(before: Before, people: People, tmp_path: Path) -> None:
+    """The host keeps the sealed trace ledger from before some traces and presents it again, to have the enclave
+    forget queries it traced (and judge later blame against fewer): the enclave refuses to start."""
+    state = tmp_path / "copy"
+    shutil.copytree(before.state, state)
+    ledger = state / "enclave" / "trace-ledger.sealed"
+    older = ledger.read_bytes()
+    host = restarted(people, state)
+    try:
+        trace(host, people, before.job_id, before.query)
+    finally:
+        host.stop()
+    ledger.write_bytes(older)
     with pytest.raises(StateRolledBack):
         restarted(people, state)

@@ -83,20 +83,22 @@ def test_kill_9_server_and_enclave_at_each_point_and_everything_comes_back(site:
     deploy(site, "digits", job)
     answers = classify(site, "digits", QUERIES)
     load = Load(site, "digits", QUERIES)
-    time.sleep(1.0)
-    site.server.kill()
-    site.server.restart()
-    served = load.ok
-    assert classify(site, "digits", QUERIES) == answers, "the deployment answers differently after the restart"
-    assert trace_report(site, job, QUERIES) == report, "forensics answer differently after the restart"
-    assert site.datasets() == acknowledged
+    try:  # a failed check must not leave the load's threads running (pytest would never exit)
+        time.sleep(1.0)
+        site.server.kill()
+        site.server.restart()
+        served = load.ok
+        assert classify(site, "digits", QUERIES) == answers, "the deployment answers differently after the restart"
+        assert trace_report(site, job, QUERIES) == report, "forensics answer differently after the restart"
+        assert site.datasets() == acknowledged
 
-    # the enclave killed under inference load: re-opened by the supervisor, same answers
-    time.sleep(0.5)
-    site.server.kill_enclave()
-    down_then_up(site)
-    time.sleep(0.5)
-    load.stop()
+        # the enclave killed under inference load: re-opened by the supervisor, same answers
+        time.sleep(0.5)
+        site.server.kill_enclave()
+        down_then_up(site)
+        time.sleep(0.5)
+    finally:
+        load.stop()
     assert load.ok > served, "inference did not resume after the enclave restarted"
     assert classify(site, "digits", QUERIES) == answers
     assert trace_report(site, job, QUERIES) == report

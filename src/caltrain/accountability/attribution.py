@@ -554,6 +554,34 @@ class Ours(AttributionMethod):
         return out
 
 
+def distinct_inputs(x: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """Per input, which distinct input it is: inputs within half the distance from either to its nearest
+    `reference` input (the training inputs) are one, transitively. One input sent many times, or with a little
+    noise added each time, is one test of the per-query level however many queries carry it; distinct inputs are
+    about as far from each other as from the nearest of thousands of training inputs (a trigger or a warp moves
+    them off the data, and further from the training inputs than from each other, hence only half)."""
+    if len(x) < 2:
+        return np.arange(len(x))
+    import faiss
+    from scipy.sparse.csgraph import connected_components
+
+    flat = np.ascontiguousarray(x.reshape(len(x), -1), dtype=np.float32)
+    squared = faiss.knn(flat, np.ascontiguousarray(reference.reshape(len(reference), -1), dtype=np.float32), 1)[0]
+    wide = flat.astype(np.float64)
+    norms = (wide**2).sum(axis=1)
+    between = np.maximum(norms[:, None] + norms[None, :] - 2.0 * wide @ wide.T, 0.0)
+    return connected_components(between <= 0.25 * np.minimum(squared, squared.T), directed=False)[1]
+
+
+def distinct_answers(x: np.ndarray, attributions: Sequence[Attribution], reference: np.ndarray) -> np.ndarray:
+    """Per query, which distinct input it is (what `name_contributors` counts), by `distinct_inputs` over the
+    answered queries, the only ones blame counts; every other query is its own."""
+    answered = np.flatnonzero([a.responsible for a in attributions])
+    out = np.arange(len(attributions))
+    out[answered] = len(attributions) + distinct_inputs(x[answered], reference)
+    return out
+
+
 @dataclass(frozen=True)
 class ContributorEvidence:
     """How much one contributor's records explain the answered mispredictions, and whether that is beyond chance."""
@@ -561,9 +589,9 @@ class ContributorEvidence:
     contributor: int
     positions: np.ndarray  # its evidence records, those supporting the most answers first
     expected: float  # how many it would supply if its records of each class were a random draw of that class
-    answers: int  # answered queries whose evidence holds one of its records
-    answered: int  # answered queries in all
-    traced: int  # queries traced, answered or not
+    answers: int  # answered queries (distinct inputs) whose evidence holds one of its records
+    answered: int  # answered queries (distinct inputs) in all
+    traced: int  # queries traced, answered or not (in the enclave: every one traced for the job with the method)
     records_p_value: float  # exact: P(records >= observed) if who supplied which record of a class were chance
     answers_p_value: float | None  # P(answers >= observed) if each were a false answer (None: method has no level)
     p_value: float  # the larger of the two: both must reject for it to be named (an intersection-union test)
@@ -597,7 +625,8 @@ def _hypergeometric_tail(observed: int, draws: Sequence[tuple[int, int, int]]) -
 
 
 def name_contributors(
-    attributions: Sequence[Attribution], contributors: np.ndarray, labels: np.ndarray, *, alpha: float = 0.01
+    attributions: Sequence[Attribution], contributors: np.ndarray, labels: np.ndarray, *, alpha: float = 0.01,
+    traced: int | None = None, distinct: np.ndarray | None = None,
 ) -> list[ContributorEvidence]:
     """Set detection: name every contributor whose records explain the answered queries beyond chance, most
     significant first. Two nulls, and both must be rejected (`ContributorEvidence.p_value`):
@@ -609,14 +638,25 @@ def name_contributors(
     - answers (for a method with a per-query level): every answered query resting on its records is a false answer,
       each traced query answered at most at that level. A few false answers can all rest on one honest party (the
       records nearest a natural misprediction from its own device are its own); they are then the share of the
-      traced queries the level allows, not blame. One answered query never names anyone.
+      traced queries the level allows, not blame. One answered query never names anyone. `traced` counts every
+      query traced for the same audit, these included (None: these alone): a batch picked out of many traced
+      queries by their answers holds the false answers of all of them, so it is judged against all of them.
+      `distinct` (per attribution, which distinct input it is: `distinct_inputs`) counts the answers of one input,
+      sent many times or with a little noise each time, once.
 
     A contributor is named when both are below `alpha` / number of contributors (Bonferroni), so the chance that
     anyone at all is named falsely is at most `alpha`.
     """
     from scipy.stats import binom
 
-    answered = [a for a in attributions if a.responsible and len(a.evidence_records)]
+    traced = len(attributions) if traced is None else traced
+    if traced < len(attributions):
+        raise ValueError(f"traced ({traced}) counts the {len(attributions)} queries given and those traced before")
+    distinct = np.arange(len(attributions)) if distinct is None else np.asarray(distinct)
+    if len(distinct) != len(attributions):
+        raise ValueError(f"distinct has {len(distinct)} entries for {len(attributions)} queries")
+    answered_at = [i for i, a in enumerate(attributions) if a.responsible and len(a.evidence_records)]
+    answered = [attributions[i] for i in answered_at]
     if not answered:
         return []
     levels = [a.level for a in attributions]
@@ -631,11 +671,12 @@ def name_contributors(
         mine = contributors == who
         draws = [(class_sizes[c], int((mine & (labels == c)).sum()), n) for c, n in sample.items()]
         records_p = _hypergeometric_tail(int(mine[evidence].sum()), draws)
-        resting = sum(bool(mine[a.evidence_records].any()) for a in answered)
-        answers_p = None if level is None else float(binom.sf(resting - 1, len(attributions), level))
+        resting = len({distinct[i] for i in answered_at if mine[attributions[i].evidence_records].any()})
+        answers_p = None if level is None else float(binom.sf(resting - 1, traced, level))
         own = mine[evidence]
         positions = evidence[own][np.argsort(-support[own], kind="stable")]
         p = records_p if answers_p is None else max(records_p, answers_p)
         out.append(ContributorEvidence(int(who), positions, sum(k * n / size for size, k, n in draws), resting,
-                                       len(answered), len(attributions), records_p, answers_p, p, p < threshold))
+                                       len(set(distinct[answered_at])), traced, records_p, answers_p, p,
+                                       p < threshold))
     return sorted(out, key=lambda e: (e.p_value, -e.records, e.contributor))

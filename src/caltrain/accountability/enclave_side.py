@@ -4,7 +4,8 @@ Everything here runs inside the enclave: fingerprints come from the decrypted tr
 sealed to the enclave from an auditor whose signature the dispatcher verified, and whom every training dataset's
 policy names as a tracer; answers carry proofs against the signed log root and leave signed by the enclave and
 encrypted to that auditor. A job's log is built once: its id comes from enclave randomness and the sealed job
-registry records it, so no log ever gets a second root.
+registry records it, so no log ever gets a second root. Every query traced is counted in a sealed, counter-pinned
+ledger (`TraceLedger`), and contributors are named against that count, not against the batch alone.
 """
 
 from __future__ import annotations
@@ -27,11 +28,13 @@ from caltrain.accountability.store import load_log, save_log
 from caltrain.accountability.tracing import Tracer
 from caltrain.enclave.consent import check_grant
 from caltrain.enclave.consortium import Member
-from caltrain.enclave.runtime import EnclaveContext, ecall
+from caltrain.enclave.runtime import EnclaveContext, ecall, on_boot
+from caltrain.enclave.sealed_state import CountedState, SealedTable
 from caltrain.enclave.wire import BuildLinkage, ForensicReply, LinkageBuilt, SuspicionQuery, TraceQuery
 from caltrain.training.enclave_side import Job, JobEntry, finished_job, jobs, policies
 
 FORENSICS = "forensics"
+TRACE_LEDGER = "trace-ledger"
 MAX_QUERY_BATCH = 4096
 
 
@@ -64,6 +67,44 @@ def _forensics(ctx: EnclaveContext, job_id: str, member: Member) -> Forensics:
     found = loaded[job_id]
     assert isinstance(found, Forensics)
     return found
+
+
+@dataclass
+class TraceTally:
+    """How many queries the enclave has traced for one job, per attribution method."""
+
+    job_id: str
+    traced: dict[str, int] = field(default_factory=dict)
+
+
+class TraceLedger(SealedTable[TraceTally]):
+    """Every query traced, counted per job and method, sealed and counter-pinned. Contributor naming judges a
+    batch's answers against everything traced before it too: an auditor who traces queries one at a time and then
+    sends together only those answered "responsible" chose that batch by its answers, and the per-query
+    false-answer rate holds only over all the queries it chose from. A host can neither roll the count back (the
+    counter) nor inflate it by replaying requests (each request id is admitted once)."""
+
+    @classmethod
+    def load(cls, ctx: EnclaveContext) -> TraceLedger:
+        state = CountedState(ctx.state_dir / "trace-ledger.sealed", label="trace-ledger/v1", counter="trace-ledger",
+                             sealer=ctx.sealer, counters=ctx.counters)
+        return cls(state, TraceTally)
+
+    def count(self, job_id: str, method: str, queries: int) -> int:
+        """Add `queries` to the job's tally for `method`, sealed before anything is answered; the new total."""
+        tally = self.entries.get(job_id, TraceTally(job_id))
+        traced = {**tally.traced, method: tally.traced.get(method, 0) + queries}
+        self.put(TraceTally(job_id, traced))
+        return traced[method]
+
+
+@on_boot
+def restore_trace_ledger(ctx: EnclaveContext) -> None:
+    ctx.extensions[TRACE_LEDGER] = TraceLedger.load(ctx)
+
+
+def trace_ledger(ctx: EnclaveContext) -> TraceLedger:
+    return ctx.extension(TRACE_LEDGER, TraceLedger)
 
 
 def _log_path(ctx: EnclaveContext, log_id: str) -> Path:
@@ -171,7 +212,8 @@ def check_k(k: int) -> None:
 @ecall(TraceQuery)
 def trace(ctx: EnclaveContext, req: TraceQuery, member: Member) -> ForensicReply:
     """Rank the training records labelled with each input's prediction; answers carry inclusion proofs. The whole
-    report (job, method, k, answers, blame, the log statement) is what the dispatcher signs for the auditor."""
+    report (job, method, k, answers, blame, queries traced so far, the log statement) is what the dispatcher signs
+    for the auditor."""
     from caltrain.accountability import sharded  # it builds on this module
 
     if sharded.holds_log(ctx, req.job_id):
@@ -181,7 +223,9 @@ def trace(ctx: EnclaveContext, req: TraceQuery, member: Member) -> ForensicReply
     x, predicted = read_query(req, forensics.training.x.shape[1:], forensics.training.num_classes)
     method = forensics.method(req.method)
     queries = QueryBatch.build(forensics.training, x, predicted)
-    report = Tracer(forensics.log, method, forensics.training.y).trace(queries, k=req.k).to_dict()
+    traced = trace_ledger(ctx).count(req.job_id, req.method, len(queries))
+    tracer = Tracer(forensics.log, method, forensics.training.y, inputs=forensics.training.x)
+    report = tracer.trace(queries, k=req.k, traced=traced).to_dict()
     report.update(job_id=req.job_id, k=req.k, statement=forensics.log.signed.to_dict())
     return ForensicReply(report=report)
 

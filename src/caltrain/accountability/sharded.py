@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from caltrain.accountability.attribution import Attribution, name_contributors
-from caltrain.accountability.enclave_side import QueryRejected, _provenance, check_k, read_query
+from caltrain.accountability.enclave_side import QueryRejected, _provenance, check_k, read_query, trace_ledger
 from caltrain.accountability.errors import AccountabilityError, LinkageProofInvalid, LinkageTampered, ShardInvalid
 from caltrain.accountability.fingerprints import compute_features, model_hash
 from caltrain.accountability.linkage import (
@@ -388,8 +388,9 @@ def trace(ctx: EnclaveContext, req: TraceQuery, member: Member) -> ForensicReply
     _, contributors, _, _, _ = _provenance(job)
     names = sorted(set(contributors))
     ids = np.array([names.index(c) for c in contributors], dtype=np.int64)
-    named = name_contributors(attributions, ids, job.y.numpy())
-    report = TraceReport(METHOD, tuple(answers), tuple(
+    total = trace_ledger(ctx).count(req.job_id, METHOD, len(attributions))
+    named = name_contributors(attributions, ids, job.y.numpy(), traced=total)
+    report = TraceReport(METHOD, tuple(answers), total, tuple(
         NamedContributor(names[e.contributor], e, tuple(proved[int(p)] for p in e.positions) if e.named else ())
         for e in named)).to_dict()
     report.update(job_id=req.job_id, k=pending.k, statement=signed.to_dict())

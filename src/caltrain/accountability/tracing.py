@@ -18,6 +18,7 @@ from caltrain.accountability.attribution import (
     AttributionMethod,
     ContributorEvidence,
     QueryBatch,
+    distinct_answers,
     name_contributors,
 )
 from caltrain.accountability.errors import LinkageTampered
@@ -72,32 +73,38 @@ class NamedContributor:
 class TraceReport:
     method: str
     answers: tuple[QueryAnswer, ...]
+    traced: int  # queries traced with this method in all, these included: what contributor naming judged against
     contributors: tuple[NamedContributor, ...]  # every contributor with evidence, most significant first
 
     def to_dict(self) -> dict[str, Any]:
-        return {"method": self.method, "answers": [a.to_dict() for a in self.answers],
+        return {"method": self.method, "answers": [a.to_dict() for a in self.answers], "traced": self.traced,
                 "contributors": [c.to_dict() for c in self.contributors]}
 
 
 class Tracer:
     """Answers forensic queries with a fitted method over a log whose positions are the method's record indexes.
     A named contributor's report carries inclusion proofs for up to `proofs_per_contributor` of its evidence
-    records, so it can check offline what it is blamed for."""
+    records, so it can check offline what it is blamed for. Given the training `inputs`, answered queries that are
+    one input (`distinct_answers`) count once towards blame."""
 
     proofs_per_contributor = 50
 
-    def __init__(self, log: LinkageLog, method: AttributionMethod, labels: np.ndarray) -> None:
+    def __init__(self, log: LinkageLog, method: AttributionMethod, labels: np.ndarray, *,
+                 inputs: np.ndarray | None = None) -> None:
         if len(labels) != len(log) or not np.array_equal(labels, log.labels):
             raise LinkageTampered("the method's training labels disagree with the signed linkage log")
-        self.log, self.method, self._labels = log, method, np.asarray(labels)
+        self.log, self.method, self._labels, self._inputs = log, method, np.asarray(labels), inputs
         self._names = sorted(set(log.contributors))
         self._contributor_ids = np.array([self._names.index(c) for c in log.contributors], dtype=np.int64)
 
-    def trace(self, queries: QueryBatch, *, k: int = 10) -> TraceReport:
+    def trace(self, queries: QueryBatch, *, k: int = 10, traced: int | None = None) -> TraceReport:
+        """`traced`: queries traced in all, these included (the enclave's ledger); None: these alone."""
         attributions = self.method.trace(queries, k=k)
         answers = tuple(self._answer(int(p), a) for p, a in zip(queries.predicted, attributions, strict=True))
-        named = name_contributors(attributions, self._contributor_ids, self._labels)
-        return TraceReport(self.method.name, answers, tuple(
+        total = len(attributions) if traced is None else traced
+        distinct = None if self._inputs is None else distinct_answers(queries.x, attributions, self._inputs)
+        named = name_contributors(attributions, self._contributor_ids, self._labels, traced=total, distinct=distinct)
+        return TraceReport(self.method.name, answers, total, tuple(
             NamedContributor(self._names[e.contributor], e,
                              tuple(self.log.prove(int(p)) for p in e.positions[: self.proofs_per_contributor])
                              if e.named else ())

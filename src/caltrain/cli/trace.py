@@ -65,7 +65,8 @@ def _print_report(report: dict[str, Any]) -> None:
     attributed = [a for a in report["answers"] if a["responsible"]]
     print(
         f"method {report['method']}: {len(report['answers'])} mispredictions traced, {len(attributed)} attributed, "
-        f"{len(report['answers']) - len(attributed)} 'no responsible training data found'"
+        f"{len(report['answers']) - len(attributed)} 'no responsible training data found'; "
+        f"blame judged against all {report['traced']} queries the enclave has traced for this job with this method"
     )
     for i, answer in enumerate(report["answers"][:5]):
         top = [(r["record"]["contributor"], r["record"]["record_id"]) for r in answer["records"][:3]]
@@ -78,8 +79,8 @@ def _print_report(report: dict[str, Any]) -> None:
     for row in report["contributors"][:5]:
         verdict = "named" if row.get("named") else "not named"
         print(f"  {row['contributor']:<20} {verdict:<9} {row['records']} evidence records "
-              f"(chance: {row['expected_records']:.1f}), behind {row['answers']} of {row['answered']} answers "
-              f"({row['traced']} traced), p {row['p_value']:.2g}")
+              f"(chance: {row['expected_records']:.1f}), behind {row['answers']} of {row['answered']} distinct "
+              f"answered inputs, p {row['p_value']:.2g}")
 
 
 def trace(args: argparse.Namespace) -> int:
