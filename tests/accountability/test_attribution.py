@@ -23,7 +23,7 @@ from caltrain.accountability.evaluation import (
     score_method,
     train_model,
 )
-from caltrain.accountability.fingerprints import compute_features, model_hash
+from caltrain.accountability.fingerprints import channels_last, compute_features, model_hash
 from caltrain.accountability.linkage import LinkageLog, verify_linkage_proof
 from caltrain.accountability.tracing import NO_RESPONSIBLE_DATA, Tracer
 from caltrain.crypto.signing import Identity
@@ -56,6 +56,19 @@ def test_fingerprints_deterministic_and_unit(backdoor: Setup) -> None:
     again = compute_features(ts.model, ts.x, batch_size=97).fingerprints
     np.testing.assert_allclose(again, ts.features.fingerprints, atol=1e-6)
     np.testing.assert_allclose(np.linalg.norm(again, axis=1), 1.0, atol=1e-5)
+
+
+def test_a_channels_last_copy_computes_the_same_function_and_leaves_the_model_alone(backdoor: Setup) -> None:
+    """What the transplant test runs its forward passes on: the same probabilities up to float rounding, every
+    convolution weight channels-last, the model itself (whose fingerprints the log commits to) untouched."""
+    _, ts, _ = backdoor
+    before = model_hash(ts.model)
+    fast = channels_last(ts.model)
+    convs = [p for p in fast.parameters() if p.dim() == 4]
+    assert convs and all(p.is_contiguous(memory_format=torch.channels_last) for p in convs)
+    np.testing.assert_allclose(compute_features(fast, ts.x[:200]).probs, ts.features.probs[:200], atol=1e-5)
+    assert model_hash(ts.model) == before
+    assert all(p.is_contiguous() for p in ts.model.parameters())
 
 
 def test_backdoor_answered_with_its_poison_and_only_the_attacker_named(backdoor: Setup) -> None:

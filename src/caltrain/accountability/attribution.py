@@ -23,7 +23,7 @@ import numpy as np
 from torch import nn
 
 from caltrain.accountability.errors import MethodAlreadyRegistered, UnknownMethod
-from caltrain.accountability.fingerprints import Features, compute_features
+from caltrain.accountability.fingerprints import Features, channels_last, compute_features
 from caltrain.accountability.search import FingerprintIndex
 
 
@@ -451,7 +451,9 @@ class Ours(AttributionMethod):
                  for c in range(ts.num_classes) if len(idx := np.flatnonzero(ts.y == c))}
         self._recipients = {c: np.concatenate([pool for other, pool in pools.items() if other != c])
                             for c in range(ts.num_classes)}
-        self._base = {c: compute_features(ts.model, ts.x[r]).probs[:, c] for c, r in self._recipients.items()}
+        self._transplant_model = channels_last(ts.model)  # the recipients' forward passes, per query: the hot path
+        self._base = {c: compute_features(self._transplant_model, ts.x[r]).probs[:, c]
+                      for c, r in self._recipients.items()}
         nulls: dict[int, np.ndarray] = {}
         for c in range(ts.num_classes):
             # training inputs of other classes the model takes for c (what a natural confusion is), topped up
@@ -524,7 +526,7 @@ class Ours(AttributionMethod):
             near = near[np.any(train[near] != query, axis=tuple(range(1, query.ndim + 1)))][: self.lookalikes]
             part = query - train[near].mean(axis=0) if len(near) else np.zeros_like(query)
             batch.append(np.clip(train[self._recipients[int(label)]] + part, 0.0, 1.0))
-        probs = compute_features(self._ts.model, np.concatenate(batch)).probs
+        probs = compute_features(self._transplant_model, np.concatenate(batch)).probs
         out, start = [], 0
         for label, b in zip(predicted, batch, strict=True):
             rise = probs[start : start + len(b), label] - self._base[int(label)]

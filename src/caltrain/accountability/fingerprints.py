@@ -7,6 +7,7 @@ cross-entropy loss is `outer(p − onehot, embedding)`: with it, gradient simila
 
 from __future__ import annotations
 
+import copy
 import struct
 from dataclasses import dataclass
 
@@ -72,6 +73,17 @@ def compute_features(model: nn.Module, x: np.ndarray | torch.Tensor, *, batch_si
                         np.zeros((0, head.out_features), np.float32))
     e = torch.cat(embs).numpy().astype(np.float32)
     return Features(e, l2_normalize(e), torch.cat(probs).numpy().astype(np.float32))
+
+
+def channels_last(model: nn.Module) -> nn.Module:
+    """A copy of `model` with its 4-D weights in channels-last layout: on CPU, where max-pooling in the default
+    layout is slow, its forward passes take about 60 % of the time, its outputs equal up to float rounding. For
+    repeated forward passes whose bytes are committed nowhere (the fingerprints the log commits to are not)."""
+    out = copy.deepcopy(model)
+    for tensor in [*out.parameters(), *out.buffers()]:
+        if tensor.dim() == 4:
+            tensor.data = tensor.data.contiguous(memory_format=torch.channels_last)
+    return out
 
 
 def fingerprints(model: nn.Module, x: np.ndarray | torch.Tensor, *, batch_size: int = 1024) -> np.ndarray:
