@@ -206,7 +206,7 @@ def container_chunks(blob: bytes) -> tuple[bytes, list[bytes]]:
     return prefix, chunks
 
 
-COUNTED = ("traced", "answers_p_value", "p_value", "blame", "named")
+COUNTED = ("traced", "answers_p_value", "p_value", "blame")
 
 
 def uncounted(report: dict[str, Any]) -> dict[str, Any]:

@@ -643,7 +643,7 @@ def name_contributors(
       traced queries the level allows, not blame. One answered query never names anyone. `traced` counts every
       query traced for the same audit, these included (None: these alone): a batch picked out of many traced
       queries by their answers holds the false answers of all of them, so it is judged against all of them.
-      `distinct` (per attribution, which distinct input it is: `distinct_inputs`) counts the answers of one input,
+      `distinct` (per attribution, which distinct input it is: `distinct_answers`) counts the answers of one input,
       sent many times or with a little noise each time, once.
 
     A contributor is named when both are below `alpha` / number of contributors (Bonferroni), so the chance that
@@ -661,6 +661,7 @@ def name_contributors(
     answered = [attributions[i] for i in answered_at]
     if not answered:
         return []
+    answered_inputs = len(set(distinct[answered_at]))
     levels = [a.level for a in attributions]
     level = None if any(v is None for v in levels) else max(v for v in levels if v is not None)
     evidence, support = np.unique(np.concatenate([a.evidence_records for a in answered]), return_counts=True)
@@ -679,6 +680,5 @@ def name_contributors(
         positions = evidence[own][np.argsort(-support[own], kind="stable")]
         p = records_p if answers_p is None else max(records_p, answers_p)
         out.append(ContributorEvidence(int(who), positions, sum(k * n / size for size, k, n in draws), resting,
-                                       len(set(distinct[answered_at])), traced, records_p, answers_p, p,
-                                       p < threshold))
+                                       answered_inputs, traced, records_p, answers_p, p, p < threshold))
     return sorted(out, key=lambda e: (e.p_value, -e.records, e.contributor))
