@@ -3,11 +3,11 @@
 Every method is fitted once on the enclave's view of the training set (`TrainingSet`) and then answers, per query,
 a ranking of the records labelled with the predicted class, whether training data explains the misprediction at
 all, and the records the answer rests on; plus, where it has one, a dataset-level suspicion score for every record.
-`caltrain-knn` is the paper's method (embedding kNN, always answers); `ours` decides per query from three tests on
+`caltrain-knn` is the paper's method (embedding kNN, always answers); `ours` decides per query from four tests on
 the input itself (does what sets it apart send other inputs to the predicted class; does it sit in a pocket of
 records whose label their look contradicts; does its neighbourhood stop voting for the prediction once the most
-label-surprising records are set aside), calibrated together, and otherwise answers "no responsible training data
-found".
+label-surprising records are set aside; does the model's last part, refitted without them, stop predicting it),
+calibrated together, and otherwise answers "no responsible training data found".
 Contributors are named by set detection with an exact false-positive control (`name_contributors`). Only the
 methods meant to run inside the enclave are registered here; research baselines live host-side (`baselines`).
 """
@@ -65,9 +65,7 @@ class QueryBatch:
         return len(self.predicted)
 
     def select(self, index: np.ndarray) -> QueryBatch:
-        f = self.features
-        return QueryBatch(self.x[index], Features(f.embeddings[index], f.fingerprints[index], f.probs[index]),
-                          self.predicted[index])
+        return QueryBatch(self.x[index], self.features.select(index), self.predicted[index])
 
 
 @dataclass(frozen=True)
@@ -333,6 +331,57 @@ def _finite_mean(distances: np.ndarray) -> np.ndarray:
     return np.where(found, distances, 0.0).sum(axis=1) / np.maximum(found.sum(axis=1), 1)
 
 
+def head_inputs(model: nn.Module, x: np.ndarray, *, batch_size: int = 1024) -> np.ndarray:
+    """What the model's last two blocks see, flattened: the input of the block before the classifier (for a CNN
+    with a hidden layer, the last convolutional features; where that block is a flatten, the embedding itself)."""
+    import torch
+
+    body = model[:-2]  # type: ignore[index]
+    with torch.no_grad():
+        parts = [body(torch.as_tensor(x[start : start + batch_size], dtype=torch.float32)).flatten(1).numpy()
+                 for start in range(0, len(x), batch_size)]
+    return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
+
+
+class LinearHead:
+    """A softmax classifier on standardised features, fitted by one fixed recipe (from zero, L-BFGS, L2
+    `weight_decay`): the model's last blocks refitted as one linear map, so that two fits that differ only in
+    their records differ only by what those records taught it."""
+
+    iterations = 100
+
+    def __init__(self, features: np.ndarray, labels: np.ndarray, classes: int, *, mean: np.ndarray,
+                 scale: np.ndarray, weight_decay: float) -> None:
+        import torch
+
+        self._mean, self._scale = mean, scale
+        x, y = torch.from_numpy(self._standardised(features)), torch.from_numpy(np.asarray(labels, np.int64))
+        self._layer = torch.nn.Linear(x.shape[1], classes)
+        torch.nn.init.zeros_(self._layer.weight)
+        torch.nn.init.zeros_(self._layer.bias)
+        solver = torch.optim.LBFGS(self._layer.parameters(), max_iter=self.iterations, history_size=20,
+                                   line_search_fn="strong_wolfe")
+
+        def loss() -> torch.Tensor:
+            solver.zero_grad()
+            value = (torch.nn.functional.cross_entropy(self._layer(x), y)
+                     + weight_decay * self._layer.weight.pow(2).sum())
+            value.backward()
+            return value
+
+        solver.step(loss)
+
+    def _standardised(self, features: np.ndarray) -> np.ndarray:
+        return ((features - self._mean) / self._scale).astype(np.float32)
+
+    def probs(self, features: np.ndarray) -> np.ndarray:
+        import torch
+
+        with torch.no_grad():
+            logits = self._layer(torch.from_numpy(self._standardised(features)))
+            return torch.softmax(logits, dim=1).numpy()
+
+
 def _exceeds(value: float, null: np.ndarray) -> float:
     """Empirical one-sided p-value of `value` against the sorted `null` samples (never 0)."""
     return float((1 + len(null) - np.searchsorted(null, value, side="left")) / (1 + len(null)))
@@ -372,12 +421,12 @@ def harmonic_mean_p(p_values: np.ndarray) -> np.ndarray:
 
 # how each per-query test's statistic is reported in an answer's details
 STATISTIC_KEYS = {"transplant": "transplant", "neighbourhood": "neighbourhood_conflict",
-                  "set_aside": "set_aside_support"}
+                  "set_aside": "set_aside_support", "retrained_head": "retrained_head_drop"}
 
 
 @register
 class Ours(AttributionMethod):
-    """Per misprediction, three tests on *that input*, calibrated together against a null measured on this model,
+    """Per misprediction, four tests on *that input*, calibrated together against a null measured on this model,
     then the records behind it (see docs/accountability.md):
 
     - transplant: the query minus the mean of its nearest look-alikes of other classes (in input space) is what
@@ -389,7 +438,12 @@ class Ours(AttributionMethod):
     - set-aside support: with the most label-surprising records set aside (`label_surprise`, among any party's
       look-alikes or among other parties' only, whichever is larger: a party cannot vouch for its own labels), the
       query's nearest records move further away and stop voting for the predicted class. The query's prediction
-      rests on those records; this needs no additive trigger (a warp, a partial blend).
+      rests on those records; this needs no additive trigger (a warp, a partial blend);
+    - retrained head: the model's last two blocks refitted as one linear map on their input (`head_inputs`), once on
+      every record and once without the set-aside ones, by the same recipe: how much probability of the predicted
+      class does the second take away? A cheap "remove the suspicious records and retrain": a backdoor's poison
+      is what taught the last blocks to send the trigger's features to the target, a natural confusion's
+      features are sent there by ordinary records.
 
     Null: the statistics for the training inputs of other classes that the model takes for c' (its natural
     confusions), for every class c' other than the predicted one, so an attack on the predicted class cannot move
@@ -418,6 +472,8 @@ class Ours(AttributionMethod):
     alpha = 0.01  # per-query false-answer rate, the tests together, against the null
     min_transfer = 0.2  # smallest mean rise in probability that counts as moving other inputs at all
     ranking_weight = 1.0  # suspicion's weight against cosine similarity in the per-query ranking
+    head_decay = 1e-2  # L2 weight of the refitted last blocks (on standardised features)
+    head_records = 100_000  # records the last blocks are refitted on, at most (a seeded draw)
     exact_up_to = 200_000  # records; above, neighbour searches use HNSW graphs (exact ones cost N² to fit)
     tests: tuple[str, ...] = tuple(STATISTIC_KEYS)  # which per-query tests run (a subset: an ablation)
 
@@ -445,14 +501,23 @@ class Ours(AttributionMethod):
         self._kept = np.flatnonzero(surprise <= np.quantile(surprise, 1.0 - self.set_aside))
         self._kept_index = FingerprintIndex(ts.features.fingerprints[self._kept], ts.y[self._kept],
                                             approximate=approximate)
+        self._fast_model = channels_last(ts.model)  # the per-query forward passes: the hot path
+        if "retrained_head" in self.tests:
+            # one seeded draw of at most `head_records` records for both fits; the second leaves the set-aside out
+            drawn = np.sort(np.random.default_rng(0).permutation(len(ts.y))[: self.head_records])
+            kept = np.isin(drawn, self._kept)
+            inputs = head_inputs(self._fast_model, ts.x[drawn])
+            recipe = {"mean": inputs.mean(axis=0), "scale": inputs.std(axis=0) + 1e-6,
+                      "weight_decay": self.head_decay}
+            self._heads = (LinearHead(inputs, ts.y[drawn], ts.num_classes, **recipe),
+                           LinearHead(inputs[kept], ts.y[drawn][kept], ts.num_classes, **recipe))
         # Recipients: the inputs of each class the model is surest of, so that only a strong feature moves them.
         sure = ts.features.probs[np.arange(len(ts.y)), ts.y]
         pools = {c: idx[np.argsort(-sure[idx], kind="stable")][: self.recipients_per_class]
                  for c in range(ts.num_classes) if len(idx := np.flatnonzero(ts.y == c))}
         self._recipients = {c: np.concatenate([pool for other, pool in pools.items() if other != c])
                             for c in range(ts.num_classes)}
-        self._transplant_model = channels_last(ts.model)  # the recipients' forward passes, per query: the hot path
-        self._base = {c: compute_features(self._transplant_model, ts.x[r]).probs[:, c]
+        self._base = {c: compute_features(self._fast_model, ts.x[r]).probs[:, c]
                       for c, r in self._recipients.items()}
         nulls: dict[int, np.ndarray] = {}
         for c in range(ts.num_classes):
@@ -463,7 +528,7 @@ class Ours(AttributionMethod):
             near = others[np.lexsort((-ts.features.probs[others, c], ~confused))]
             sample = near[: min(max(int(confused.sum()), self.null_minimum), self.null_inputs)]
             if len(sample) and len(self._recipients[c]):
-                nulls[c] = self._tested(self._statistics(ts.x[sample], ts.features.fingerprints[sample],
+                nulls[c] = self._tested(self._statistics(ts.x[sample], ts.features.select(sample),
                                                          np.full(len(sample), c), exclude=sample))
         # per predicted class c: the null inputs of every other class
         self._null = {c: JointNull.of(np.concatenate([v for other, v in nulls.items() if other != c]
@@ -473,10 +538,11 @@ class Ours(AttributionMethod):
     def suspicion(self) -> np.ndarray:
         return self._suspicion
 
-    def _statistics(self, x: np.ndarray, fingerprints: np.ndarray, predicted: np.ndarray, *,
+    def _statistics(self, x: np.ndarray, features: Features, predicted: np.ndarray, *,
                     exclude: np.ndarray | None = None) -> np.ndarray:
         """Per input, the statistics of `tests`, in that order (larger is more suspicious). The pocket and set-aside
         tests share one search of the nearest records of any label."""
+        fingerprints = features.fingerprints
         near_d, near = _nearest(self._index, fingerprints, max(self.surroundings, self.support_neighbours), exclude)
         pocket = near[:, : self.surroundings]
         near_d, near = near_d[:, : self.support_neighbours], near[:, : self.support_neighbours]
@@ -484,6 +550,7 @@ class Ours(AttributionMethod):
             "transplant": lambda: self._transfer(x, predicted),
             "neighbourhood": lambda: self._neighbourhood(pocket, predicted),
             "set_aside": lambda: self._set_aside_support(near_d, near, fingerprints, predicted, exclude),
+            "retrained_head": lambda: self._retrained_head_drop(x, predicted),
         }
         return np.stack([run[name]() for name in self.tests], axis=1)
 
@@ -515,6 +582,13 @@ class Ours(AttributionMethod):
         kept_near = np.where(kept_near >= 0, kept[np.maximum(kept_near, 0)], -1)  # local positions to records
         return _moved_support(near_d, near, kept_d, kept_near, self._ts.y, predicted)
 
+    def _retrained_head_drop(self, x: np.ndarray, predicted: np.ndarray) -> np.ndarray:
+        """Per input: how much probability of the predicted class the model's last blocks, refitted without the
+        set-aside records, take away, against the same refitted on every record by the same recipe."""
+        inputs, rows = head_inputs(self._fast_model, x), np.arange(len(predicted))
+        full, kept = (head.probs(inputs)[rows, predicted] for head in self._heads)
+        return full - kept
+
     def _transfer(self, x: np.ndarray, predicted: np.ndarray) -> np.ndarray:
         """Per input: mean rise in the predicted class's probability when its distinctive part (input − mean of its
         look-alikes of other classes than the predicted one) is added to the recipients."""
@@ -526,7 +600,7 @@ class Ours(AttributionMethod):
             near = near[np.any(train[near] != query, axis=tuple(range(1, query.ndim + 1)))][: self.lookalikes]
             part = query - train[near].mean(axis=0) if len(near) else np.zeros_like(query)
             batch.append(np.clip(train[self._recipients[int(label)]] + part, 0.0, 1.0))
-        probs = compute_features(self._transplant_model, np.concatenate(batch)).probs
+        probs = compute_features(self._fast_model, np.concatenate(batch)).probs
         out, start = [], 0
         for label, b in zip(predicted, batch, strict=True):
             rise = probs[start : start + len(b), label] - self._base[int(label)]
@@ -539,7 +613,7 @@ class Ours(AttributionMethod):
             return []
         dist, shortlist = self._index.search(queries.features.fingerprints, max(k, self.candidates),
                                              queries.predicted)
-        stats = self._statistics(queries.x, queries.features.fingerprints, queries.predicted)
+        stats = self._statistics(queries.x, queries.features, queries.predicted)
         out = []
         for d, cand, row, tested, label in zip(dist, shortlist, stats, self._tested(stats), queries.predicted,
                                                strict=True):

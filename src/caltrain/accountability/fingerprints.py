@@ -30,6 +30,10 @@ class Features:
     def __len__(self) -> int:
         return len(self.fingerprints)
 
+    def select(self, index: np.ndarray) -> Features:
+        """The rows at `index`."""
+        return Features(self.embeddings[index], self.fingerprints[index], self.probs[index])
+
     @property
     def predictions(self) -> np.ndarray:
         return self.probs.argmax(axis=1).astype(np.int64)
