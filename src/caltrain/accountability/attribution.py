@@ -345,13 +345,13 @@ def head_inputs(model: nn.Module, x: np.ndarray, *, batch_size: int = 1024) -> n
 
 class LinearHead:
     """A softmax classifier on standardised features, fitted by one fixed recipe (from zero, L-BFGS, L2
-    `weight_decay`): the model's last blocks refitted as one linear map, so that two fits that differ only in
-    their records differ only by what those records taught it."""
+    `weight_decay`, each class's records weighted by `class_weights`): the model's last blocks refitted as one
+    linear map, so that two fits that differ only in their records differ only by what those records taught it."""
 
     iterations = 100
 
     def __init__(self, features: np.ndarray, labels: np.ndarray, classes: int, *, mean: np.ndarray,
-                 scale: np.ndarray, weight_decay: float) -> None:
+                 scale: np.ndarray, weight_decay: float, class_weights: np.ndarray | None = None) -> None:
         import torch
 
         self._mean, self._scale = mean, scale
@@ -361,10 +361,11 @@ class LinearHead:
         torch.nn.init.zeros_(self._layer.bias)
         solver = torch.optim.LBFGS(self._layer.parameters(), max_iter=self.iterations, history_size=20,
                                    line_search_fn="strong_wolfe")
+        weight = None if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float32)
 
         def loss() -> torch.Tensor:
             solver.zero_grad()
-            value = (torch.nn.functional.cross_entropy(self._layer(x), y)
+            value = (torch.nn.functional.cross_entropy(self._layer(x), y, weight=weight)
                      + weight_decay * self._layer.weight.pow(2).sum())
             value.backward()
             return value
@@ -509,8 +510,13 @@ class Ours(AttributionMethod):
             inputs = head_inputs(self._fast_model, ts.x[drawn])
             recipe = {"mean": inputs.mean(axis=0), "scale": inputs.std(axis=0) + 1e-6,
                       "weight_decay": self.head_decay}
-            self._heads = (LinearHead(inputs, ts.y[drawn], ts.num_classes, **recipe),
-                           LinearHead(inputs[kept], ts.y[drawn][kept], ts.num_classes, **recipe))
+            # each class keeps its weight without the set-aside records: setting many of one class aside (a
+            # clean-label poison is most of its class) must not shrink the class, only change who teaches it
+            labels = ts.y[drawn]
+            weights = (np.bincount(labels, minlength=ts.num_classes)
+                       / np.maximum(np.bincount(labels[kept], minlength=ts.num_classes), 1))
+            self._heads = (LinearHead(inputs, labels, ts.num_classes, **recipe),
+                           LinearHead(inputs[kept], labels[kept], ts.num_classes, **recipe, class_weights=weights))
         # Recipients: the inputs of each class the model is surest of, so that only a strong feature moves them.
         sure = ts.features.probs[np.arange(len(ts.y)), ts.y]
         pools = {c: idx[np.argsort(-sure[idx], kind="stable")][: self.recipients_per_class]
