@@ -152,7 +152,8 @@ def test_a_warp_trigger_is_answered_by_the_set_aside_tests(warp: Setup) -> None:
     assert np.mean(set_aside) >= 0.8
     assert len(answered) / len(q.attack) >= baseline + 0.3
     assert np.mean(s.poison_mask[np.concatenate([a.positions for a in answered])]) >= 0.8
-    assert not any(a.responsible for a in with_it.trace(q.natural, k=10))
+    natural = with_it.trace(q.natural, k=10)
+    assert natural and not any(a.responsible for a in natural)
     into_target = with_it.trace(q.natural_into_target, k=10)
     blamed = q.natural_into_target.x[[a.responsible for a in into_target]]
     if len(blamed):
