@@ -7,10 +7,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+import torch.distributed as dist
 
 from caltrain.accountability.linkage import LinkageProof, verify_linkage_proof
 from caltrain.crypto.container import open_container
@@ -44,6 +46,7 @@ from caltrain.enclave.wire import (
 from caltrain.training.aggregation import quantize
 from caltrain.training.config import TrainConfig
 from caltrain.training.core import build_split, loss_fn, training_batch
+from caltrain.training.distributed import ShardTrainer
 from caltrain.training.errors import AggregateTampered, JobRefused, StepOutOfOrder
 from tests.distributed.conftest import (
     BATCHNORM_CNN,
@@ -163,6 +166,39 @@ def test_steps_run_in_order_and_an_altered_sum_changes_nothing(deployment: Deplo
     finally:
         for w in workers:
             w.stop()
+
+
+def test_a_worker_host_saves_its_backnet_before_its_enclave_seals_the_step(deployment: Deployment,
+                                                                          tmp_path: Path) -> None:
+    """A worker killed after its enclave sealed a checkpoint resumes there, so its host must already hold the
+    BackNet of that step: every seal finds the host's checkpoint on disk (a partitioned job, one worker)."""
+    worker = deployment.worker("ckpt")
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        job_id, spec = deployment.job(TrainConfig(epochs=2, batch_size=32, frontnet_layers=2, checkpoint_every=4,
+                                                  datasets=["alice/a0", "bob/b0"]))
+        admit(deployment.leader, [worker], job_id, MICRO)
+        trainer = ShardTrainer(worker, spec, job_id=job_id, rank=0, world=1, micro_batch=MICRO, workdir=tmp_path)
+        sealed, missing = [], []
+        relay = trainer._call
+
+        def watch(msg, expect):  # type: ignore[no-untyped-def]
+            reply = relay(msg, expect)
+            if isinstance(msg, ShardApply) and reply.checkpointed:
+                sealed.append(msg.step + 1)
+                if not (tmp_path / f"backnet-{msg.step + 1:08d}.pt").exists():
+                    missing.append(msg.step + 1)
+            return reply
+
+        trainer._call = watch  # type: ignore[method-assign]
+        try:
+            trainer.run_shard()
+        finally:
+            trainer.close()
+        assert len(sealed) >= 3 and not missing, f"sealed {sealed}; the host had no BackNet at {missing}"
+    finally:
+        dist.destroy_process_group()
+        worker.stop()
 
 
 def test_a_sharded_trace_equals_the_one_worker_trace_with_proofs_that_verify(

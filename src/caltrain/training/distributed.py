@@ -48,6 +48,7 @@ from caltrain.training.config import TrainConfig
 from caltrain.training.core import (
     build_split,
     dropout_seed,
+    is_checkpoint_step,
     loss_fn,
     make_optimizer,
     seed_dropout,
@@ -145,6 +146,7 @@ class ShardTrainer(PartitionedTrainer):
             ShardReady,
         )
         self.total_records = ready.train_records
+        self._steps_per_epoch = ready.steps_per_epoch
         self.back_stream = ready.back_dropout_seed
         if not ready.full_enclave:
             if ready.next_step:
@@ -199,12 +201,16 @@ class ShardTrainer(PartitionedTrainer):
         with self._collective(lambda: total.numel() * total.element_size()):
             dist.all_reduce(total, group=self.group)
         contribution.copy_(total.cpu())
-        reduced = time.perf_counter()
-        done = self._call(ShardApply(step=step), StepsDone)
-        self.counters["mask_s"] += aggregated - started + time.perf_counter() - reduced
-        self.counters["steps"] += 1
-        if done.checkpointed and self.ddp is not None:
+        # saved before the enclave seals its own: a worker killed in between still has the step it resumes at
+        checkpoint = self.ddp is not None and is_checkpoint_step(step + 1, self._steps_per_epoch, self.config)
+        if checkpoint:
             self._save_back(step + 1)
+        applied = time.perf_counter()
+        done = self._call(ShardApply(step=step), StepsDone)
+        self.counters["mask_s"] += aggregated - started + time.perf_counter() - applied
+        self.counters["steps"] += 1
+        if self.ddp is not None:
+            self._check_schedule(step + 1, sealed=done.checkpointed, expected=checkpoint)
         return loss_sum, correct, seen
 
     @contextmanager

@@ -114,6 +114,13 @@ class PartitionedTrainer:
         self.back.load_state_dict(state["back"])
         self._back_optimizer().load_state_dict(state["optimizer"])
 
+    def _check_schedule(self, step: int, *, sealed: bool, expected: bool) -> None:
+        """The host saves its BackNet at the steps it expects the enclave to seal, before the enclave does."""
+        if sealed != expected:
+            said = "sealed" if sealed else "did not seal"
+            raise TrainingError(f"job {self.job_id}: the enclave {said} a checkpoint at step {step}, unlike the "
+                                "schedule both follow")
+
     def start(self, *, resume: bool = False) -> TrainReady:
         ready = self._call(
             TrainStart(
@@ -169,10 +176,7 @@ class PartitionedTrainer:
                 self._back_optimizer().step()  # the BackNet update overlaps the FrontNet's (and the next forward)
             done = reply()
         self.boundary_seconds += time.perf_counter() - started
-        if done.checkpointed != checkpoint:
-            said = "sealed" if done.checkpointed else "did not seal"
-            raise TrainingError(f"job {self.job_id}: the enclave {said} a checkpoint at step {step + 1}, unlike the "
-                                "schedule both follow")
+        self._check_schedule(step + 1, sealed=done.checkpointed, expected=checkpoint)
         self._ready = (done.next_batch, done.next_layout) if done.next_batch else None
         return stats
 
