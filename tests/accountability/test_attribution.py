@@ -9,6 +9,8 @@ from functools import partial
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sklearn.metrics import roc_auc_score
 
 from caltrain.accountability.attacks import Dealing, Scenario, make_scenario
@@ -18,6 +20,7 @@ from caltrain.accountability.attribution import (
     QueryBatch,
     TrainingSet,
     get_method,
+    head_draw,
     name_contributors,
 )
 from caltrain.accountability.evaluation import (
@@ -200,6 +203,21 @@ def test_a_warp_poisoner_cannot_vouch_for_its_own_labels() -> None:
     assert poison_set_aside(ts.contributors) >= 0.95
     assert poison_set_aside(sybils) >= 0.95
     assert poison_set_aside(np.zeros_like(ts.contributors)) <= 0.8
+
+
+@settings(max_examples=200, deadline=None)
+@given(total=st.integers(1, 5_000), width=st.integers(1, 4_096), records=st.integers(1, 6_000),
+       floats=st.integers(1, 2**22))
+def test_the_retrained_head_draws_within_its_record_and_memory_bounds(total: int, width: int, records: int,
+                                                                      floats: int) -> None:
+    """Distinct records, sorted, the same on every call; all of them when they fit, else as many as both bounds
+    allow (at least one): a wide model's features bound the draw by memory, not by the record count."""
+    drawn = head_draw(total, width, records=records, floats=floats)
+    expected = min(total, records, max(floats // width, 1))
+    assert len(drawn) == expected and len(np.unique(drawn)) == expected
+    assert drawn.min() >= 0 and drawn.max() < total and bool(np.all(np.diff(drawn) > 0))
+    assert expected == 1 or expected * width <= floats
+    assert np.array_equal(drawn, head_draw(total, width, records=records, floats=floats))
 
 
 def test_setting_much_of_one_class_aside_does_not_shrink_it_in_the_retrained_head() -> None:

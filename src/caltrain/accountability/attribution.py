@@ -343,6 +343,14 @@ def head_inputs(model: nn.Module, x: np.ndarray, *, batch_size: int = 1024) -> n
     return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
 
 
+def head_draw(total: int, width: int, *, records: int, floats: int) -> np.ndarray:
+    """Which of `total` records the last blocks are refitted on, sorted: all of them, or one seeded draw of at most
+    `records`, fewer where their `width`-wide inputs would hold more than `floats` values (wide features: memory,
+    not the record count, is then the bound)."""
+    n = min(total, records, max(floats // max(width, 1), 1))
+    return np.sort(np.random.default_rng(0).permutation(total)[:n])
+
+
 class LinearHead:
     """A softmax classifier on standardised features, fitted by one fixed recipe (from zero, L-BFGS, L2
     `weight_decay`, each class's records weighted by `class_weights`): the model's last blocks refitted as one
@@ -475,6 +483,7 @@ class Ours(AttributionMethod):
     ranking_weight = 1.0  # suspicion's weight against cosine similarity in the per-query ranking
     head_decay = 1e-2  # L2 weight of the refitted last blocks (on standardised features)
     head_records = 100_000  # records the last blocks are refitted on, at most (a seeded draw)
+    head_floats = 2**27  # values their inputs may hold, at most (512 MiB of float32): wide features, fewer records
     exact_up_to = 200_000  # records; above, neighbour searches use HNSW graphs (exact ones cost N² to fit)
     tests: tuple[str, ...] = tuple(STATISTIC_KEYS)  # which per-query tests run (a subset: an ablation)
 
@@ -504,8 +513,9 @@ class Ours(AttributionMethod):
                                             approximate=approximate)
         self._fast_model = channels_last(ts.model)  # the per-query forward passes: the hot path
         if "retrained_head" in self.tests:
-            # one seeded draw of at most `head_records` records for both fits; the second leaves the set-aside out
-            drawn = np.sort(np.random.default_rng(0).permutation(len(ts.y))[: self.head_records])
+            # one seeded draw for both fits (`head_draw`); the second leaves the set-aside out
+            width = head_inputs(self._fast_model, ts.x[:1]).shape[1]
+            drawn = head_draw(len(ts.y), width, records=self.head_records, floats=self.head_floats)
             kept = np.isin(drawn, self._kept)
             inputs = head_inputs(self._fast_model, ts.x[drawn])
             recipe = {"mean": inputs.mean(axis=0), "scale": inputs.std(axis=0) + 1e-6,
