@@ -19,6 +19,7 @@ from caltrain.accountability.attribution import (
     LinearHead,
     QueryBatch,
     TrainingSet,
+    available_methods,
     get_method,
     head_draw,
     name_contributors,
@@ -38,6 +39,7 @@ from caltrain.accountability.linkage import LinkageLog, verify_linkage_proof
 from caltrain.accountability.tracing import NO_RESPONSIBLE_DATA, Tracer
 from caltrain.crypto.signing import Identity
 from caltrain.data.datasets import ArrayDataset, load_dataset
+from caltrain.models.zoo import build_model
 from conftest import MEASUREMENT
 
 Setup = tuple[Scenario, TrainingSet, Queries]
@@ -203,6 +205,21 @@ def test_a_warp_poisoner_cannot_vouch_for_its_own_labels() -> None:
     assert poison_set_aside(ts.contributors) >= 0.95
     assert poison_set_aside(sybils) >= 0.95
     assert poison_set_aside(np.zeros_like(ts.contributors)) <= 0.8
+
+
+@pytest.mark.parametrize(("records", "classes"), [(12, 2), (25, 1), (40, 10)])
+def test_every_method_fits_and_traces_a_tiny_or_one_class_training_set(records: int, classes: int) -> None:
+    """Fewer records than the input-space projection has dimensions, a class with no records, or one class only
+    (no other class to carry a trigger to): every method still answers each query, with a confidence."""
+    rng = np.random.default_rng(0)
+    x = rng.random((records, 1, 8, 8), dtype=np.float32)
+    ts = TrainingSet.build(build_model("digits-cnn", seed=0).eval(), x, rng.integers(0, classes, records),
+                           rng.integers(0, 3, records))
+    for name in available_methods():
+        method = get_method(name)
+        method.fit(ts)
+        answers = method.trace(QueryBatch.build(ts, x[:4]))
+        assert len(answers) == 4 and all(0.0 <= a.confidence <= 1.0 for a in answers), name
 
 
 @settings(max_examples=200, deadline=None)

@@ -267,7 +267,7 @@ def pixel_projection(
     from sklearn.decomposition import PCA
 
     flat = x.reshape(len(x), -1)
-    pca = PCA(n_components=min(dims, flat.shape[1]), random_state=seed).fit(flat)
+    pca = PCA(n_components=min(dims, *flat.shape), random_state=seed).fit(flat)
 
     def project(batch: np.ndarray) -> np.ndarray:
         return pca.transform(batch.reshape(len(batch), -1)).astype(np.float32)
@@ -531,7 +531,8 @@ class Ours(AttributionMethod):
         sure = ts.features.probs[np.arange(len(ts.y)), ts.y]
         pools = {c: idx[np.argsort(-sure[idx], kind="stable")][: self.recipients_per_class]
                  for c in range(ts.num_classes) if len(idx := np.flatnonzero(ts.y == c))}
-        self._recipients = {c: np.concatenate([pool for other, pool in pools.items() if other != c])
+        self._recipients = {c: np.concatenate([pool for other, pool in pools.items() if other != c]
+                                              or [np.zeros(0, np.int64)])
                             for c in range(ts.num_classes)}
         self._base = {c: compute_features(self._fast_model, ts.x[r]).probs[:, c]
                       for c, r in self._recipients.items()}
