@@ -219,6 +219,11 @@ def test_replayed_misdirected_or_malformed_queries_refused(
         host.call(seal_request(elsewhere, host.keys), SealedReply)
     with pytest.raises(QueryRejected, match="shape"):
         call_sealed(host, query(built, np.zeros((2, 1, 9, 9), dtype=np.float32)), people.auditor, ForensicReply)
+    for outside in (3.4e38, -1.0, 1.5, np.nan):  # the schema's [0, 1]: features overflow, answers rest on nothing
+        inputs = built["triggered"][:2].copy()
+        inputs[1, 0, 0, 0] = outside
+        with pytest.raises(QueryRejected, match=r"outside the schema's \[0.0, 1.0\]"):
+            call_sealed(host, query(built, inputs), people.auditor, ForensicReply)
     tampered = bytearray(seal_request(signed_by(query(built, built["triggered"][:3]), people.auditor, host.keys),
                                       host.keys).ciphertext)
     tampered[-1] ^= 1

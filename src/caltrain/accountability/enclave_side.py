@@ -184,8 +184,17 @@ def build_linkage(ctx: EnclaveContext, req: BuildLinkage) -> LinkageBuilt:
     return LinkageBuilt(statement=signed.to_dict(), records=len(log), seconds=time.perf_counter() - started)
 
 
-def read_query(req: TraceQuery, shape: tuple[int, ...], num_classes: int) -> tuple[np.ndarray, np.ndarray | None]:
-    """A query's inputs (1..MAX_QUERY_BATCH finite images of `shape`) and optional predicted classes."""
+def query_range(ctx: EnclaveContext) -> tuple[float, float]:
+    """The values a query's inputs may hold: the consortium schema's, which every training record was checked
+    against at ingestion. Far outside it a model's features overflow, and an answer would rest on nothing."""
+    schema = ctx.config.consortium.schema
+    return schema.value_range if schema is not None else (-np.inf, np.inf)
+
+
+def read_query(req: TraceQuery, shape: tuple[int, ...], num_classes: int, value_range: tuple[float, float]
+               ) -> tuple[np.ndarray, np.ndarray | None]:
+    """A query's inputs (1..MAX_QUERY_BATCH images of `shape`, values within `value_range`) and optional
+    predicted classes."""
     try:
         with np.load(io.BytesIO(req.inputs), allow_pickle=False) as data:
             x = np.asarray(data["x"], dtype=np.float32)
@@ -195,8 +204,9 @@ def read_query(req: TraceQuery, shape: tuple[int, ...], num_classes: int) -> tup
     expected = tuple(shape)
     if x.ndim != 4 or tuple(x.shape[1:]) != expected or not 1 <= len(x) <= MAX_QUERY_BATCH:
         raise QueryRejected(f"query inputs must be 1..{MAX_QUERY_BATCH} images of shape {expected}, got {x.shape}")
-    if not np.isfinite(x).all():
-        raise QueryRejected("query inputs hold NaN or infinity")
+    low, high = value_range
+    if not np.isfinite(x).all() or x.min() < low or x.max() > high:
+        raise QueryRejected(f"query inputs hold NaN, infinity or values outside the schema's [{low}, {high}]")
     if predicted is not None and (
         predicted.shape != (len(x),) or predicted.min() < 0 or predicted.max() >= num_classes
     ):
@@ -220,7 +230,7 @@ def trace(ctx: EnclaveContext, req: TraceQuery, member: Member) -> ForensicReply
         return sharded.trace(ctx, req, member)
     forensics = _forensics(ctx, req.job_id, member)
     check_k(req.k)
-    x, predicted = read_query(req, forensics.training.x.shape[1:], forensics.training.num_classes)
+    x, predicted = read_query(req, forensics.training.x.shape[1:], forensics.training.num_classes, query_range(ctx))
     method = forensics.method(req.method)
     queries = QueryBatch.build(forensics.training, x, predicted)
     traced = trace_ledger(ctx).count(req.job_id, req.method, len(queries))

@@ -32,7 +32,14 @@ from typing import Any
 import numpy as np
 
 from caltrain.accountability.attribution import Attribution, name_contributors
-from caltrain.accountability.enclave_side import QueryRejected, _provenance, check_k, read_query, trace_ledger
+from caltrain.accountability.enclave_side import (
+    QueryRejected,
+    _provenance,
+    check_k,
+    query_range,
+    read_query,
+    trace_ledger,
+)
 from caltrain.accountability.errors import AccountabilityError, LinkageProofInvalid, LinkageTampered, ShardInvalid
 from caltrain.accountability.fingerprints import compute_features, model_hash
 from caltrain.accountability.linkage import (
@@ -300,7 +307,7 @@ def fan_out(ctx: EnclaveContext, req: FanOutTrace) -> TracePlan:
         raise QueryRejected(f"a sharded log answers with {METHOD!r}, not {query.method!r}")
     check_k(query.k)
     num_classes = int(job.model(job.x[:1]).shape[1])
-    x, predicted = read_query(query, tuple(job.x.shape[1:]), num_classes)
+    x, predicted = read_query(query, tuple(job.x.shape[1:]), num_classes, query_range(ctx))
     features = compute_features(job.model, x)
     classes = features.predictions if predicted is None else predicted
     plan_id = os.urandom(16).hex()
