@@ -210,16 +210,27 @@ def test_a_warp_poisoner_cannot_vouch_for_its_own_labels() -> None:
 @pytest.mark.parametrize(("records", "classes"), [(12, 2), (25, 1), (40, 10)])
 def test_every_method_fits_and_traces_a_tiny_or_one_class_training_set(records: int, classes: int) -> None:
     """Fewer records than the input-space projection has dimensions, a class with no records, or one class only
-    (no other class to carry a trigger to): every method still answers each query, with a confidence."""
+    (no other class to carry a trigger to): every method still answers each query, with a confidence, and `ours`
+    never answers "responsible" for a prediction no training record carries."""
     rng = np.random.default_rng(0)
     x = rng.random((records, 1, 8, 8), dtype=np.float32)
-    ts = TrainingSet.build(build_model("digits-cnn", seed=0).eval(), x, rng.integers(0, classes, records),
-                           rng.integers(0, 3, records))
+    model = build_model("digits-cnn", seed=0).eval()
+    labels = rng.integers(0, classes, records)
+    favourite = int(np.bincount(compute_features(model, x).predictions).argmax())
+    labels[labels == favourite] = (favourite + 1) % 10  # what the model predicts most, no record carries
+    ts = TrainingSet.build(model, x, labels, rng.integers(0, 3, records))
     for name in available_methods():
         method = get_method(name)
         method.fit(ts)
         answers = method.trace(QueryBatch.build(ts, x[:4]))
         assert len(answers) == 4 and all(0.0 <= a.confidence <= 1.0 for a in answers), name
+    ours = get_method("ours")
+    ours.alpha = 1.0  # every query's evidence passes: only having no records of its class leaves it unanswered
+    ours.fit(ts)
+    queries = QueryBatch.build(ts, x)
+    unfounded = ~np.isin(queries.predicted, ts.y)
+    assert unfounded.any()
+    assert not any(a.responsible for a, u in zip(ours.trace(queries), unfounded, strict=True) if u)
 
 
 @settings(max_examples=200, deadline=None)

@@ -641,7 +641,8 @@ class Ours(AttributionMethod):
             order = np.argsort(-score, kind="stable")
             details = {"p": p, **{f"{name}_p": value for name, value in zip(self.tests, p_tests, strict=True)},
                        **{STATISTIC_KEYS[name]: float(value) for name, value in zip(self.tests, row, strict=True)}}
-            out.append(Attribution(cand[order[:k]], score[order[:k]], 1.0 - p, p < self.alpha,
+            # an answer rests on records: a class with none answers "no responsible training data found"
+            out.append(Attribution(cand[order[:k]], score[order[:k]], 1.0 - p, p < self.alpha and len(cand) > 0,
                                    support=cand[order[: self._support[int(label)]]], details=details,
                                    level=self.alpha))
         return out
