@@ -481,6 +481,7 @@ class Ours(AttributionMethod):
     alpha = 0.01  # per-query false-answer rate, the tests together, against the null
     min_transfer = 0.2  # smallest mean rise in probability that counts as moving other inputs at all
     ranking_weight = 1.0  # suspicion's weight against cosine similarity in the per-query ranking
+    sharing_weight = 1.0  # the shared distinctive part's weight in the per-query ranking (`_sharing`)
     head_decay = 1e-2  # L2 weight of the refitted last blocks (on standardised features)
     head_records = 100_000  # records the last blocks are refitted on, at most (a seeded draw)
     head_floats = 2**27  # values their inputs may hold, at most (512 MiB of float32): wide features, fewer records
@@ -509,6 +510,8 @@ class Ours(AttributionMethod):
         surprise = np.maximum(label_surprise(look_alikes, ts.y, ts.features.probs),
                               label_surprise(others, ts.y, ts.features.probs))[pool].mean(axis=1)
         self._kept = np.flatnonzero(surprise <= np.quantile(surprise, 1.0 - self.set_aside))
+        # each record's look-alikes of other labels: what sets a record apart is itself minus their mean
+        self._record_alikes = self._pixel_index.search_other_labels(pixels, self.lookalikes, ts.y)[1]
         self._kept_index = FingerprintIndex(ts.features.fingerprints[self._kept], ts.y[self._kept],
                                             approximate=approximate)
         self._fast_model = channels_last(ts.model)  # the per-query forward passes: the hot path
@@ -556,15 +559,16 @@ class Ours(AttributionMethod):
         return self._suspicion
 
     def _statistics(self, x: np.ndarray, features: Features, predicted: np.ndarray, *,
-                    exclude: np.ndarray | None = None) -> np.ndarray:
+                    exclude: np.ndarray | None = None, parts: np.ndarray | None = None) -> np.ndarray:
         """Per input, the statistics of `tests`, in that order (larger is more suspicious). The pocket and set-aside
-        tests share one search of the nearest records of any label."""
+        tests share one search of the nearest records of any label; the transplant takes `parts` when given."""
         fingerprints = features.fingerprints
         near_d, near = _nearest(self._index, fingerprints, max(self.surroundings, self.support_neighbours), exclude)
         pocket = near[:, : self.surroundings]
         near_d, near = near_d[:, : self.support_neighbours], near[:, : self.support_neighbours]
         run: dict[str, Callable[[], np.ndarray]] = {
-            "transplant": lambda: self._transfer(x, predicted),
+            "transplant": lambda: self._transfer(self._distinctive_parts(x, predicted) if parts is None else parts,
+                                                 predicted),
             "neighbourhood": lambda: self._neighbourhood(pocket, predicted),
             "set_aside": lambda: self._set_aside_support(near_d, near, fingerprints, predicted, exclude),
             "retrained_head": lambda: self._retrained_head_drop(x, predicted),
@@ -606,17 +610,25 @@ class Ours(AttributionMethod):
         full, kept = (head.probs(inputs)[rows, predicted] for head in self._heads)
         return full - kept
 
-    def _transfer(self, x: np.ndarray, predicted: np.ndarray) -> np.ndarray:
-        """Per input: mean rise in the predicted class's probability when its distinctive part (input − mean of its
-        look-alikes of other classes than the predicted one) is added to the recipients."""
+    def _distinctive_parts(self, x: np.ndarray, predicted: np.ndarray) -> np.ndarray:
+        """Per input: what sets it apart from the inputs it looks like, i.e. itself minus the mean of its nearest
+        look-alikes (in input space) of other classes than the predicted one; zero when it has none."""
         train = self._ts.x
         _, alike = self._pixel_index.search_other_labels(self._project(x), self.lookalikes + 1, predicted)
-        batch = []
-        for query, near, label in zip(x, alike, predicted, strict=True):
+        parts = np.zeros_like(x)
+        for row, (query, near) in enumerate(zip(x, alike, strict=True)):
             near = near[near >= 0]
             near = near[np.any(train[near] != query, axis=tuple(range(1, query.ndim + 1)))][: self.lookalikes]
-            part = query - train[near].mean(axis=0) if len(near) else np.zeros_like(query)
-            batch.append(np.clip(train[self._recipients[int(label)]] + part, 0.0, 1.0))
+            if len(near):
+                parts[row] = query - train[near].mean(axis=0)
+        return parts
+
+    def _transfer(self, parts: np.ndarray, predicted: np.ndarray) -> np.ndarray:
+        """Per input: mean rise in the predicted class's probability when its distinctive part
+        (`_distinctive_parts`) is added to the recipients."""
+        train = self._ts.x
+        batch = [np.clip(train[self._recipients[int(label)]] + part, 0.0, 1.0)
+                 for part, label in zip(parts, predicted, strict=True)]
         probs = compute_features(self._fast_model, np.concatenate(batch)).probs
         out, start = [], 0
         for label, b in zip(predicted, batch, strict=True):
@@ -625,19 +637,34 @@ class Ours(AttributionMethod):
             start += len(b)
         return np.array(out)
 
+    def _sharing(self, part: np.ndarray, records: np.ndarray) -> np.ndarray:
+        """Per record: cosine between the query's distinctive part and the record's own (the record minus the mean
+        of its look-alikes of other labels). Records that carry what sets the query apart (a trigger) share it."""
+        flat = self._ts.x.reshape(len(self._ts.x), -1)
+        alikes = self._record_alikes[records]
+        found = alikes >= 0
+        counts = found.sum(axis=1)[:, None]
+        means = (flat[np.maximum(alikes, 0)] * found[..., None]).sum(axis=1) / np.maximum(counts, 1)
+        own = np.where(counts > 0, flat[records] - means, 0.0)
+        part = part.reshape(-1)
+        norms = np.linalg.norm(own, axis=1) * np.linalg.norm(part)
+        return np.where(norms > 0, own @ part / np.maximum(norms, 1e-12), 0.0)
+
     def trace(self, queries: QueryBatch, k: int = 10) -> list[Attribution]:
         if not len(queries):
             return []
         dist, shortlist = self._index.search(queries.features.fingerprints, max(k, self.candidates),
                                              queries.predicted)
-        stats = self._statistics(queries.x, queries.features, queries.predicted)
+        parts = self._distinctive_parts(queries.x, queries.predicted)
+        stats = self._statistics(queries.x, queries.features, queries.predicted, parts=parts)
         out = []
-        for d, cand, row, tested, label in zip(dist, shortlist, stats, self._tested(stats), queries.predicted,
-                                               strict=True):
+        for d, cand, row, tested, label, part in zip(dist, shortlist, stats, self._tested(stats), queries.predicted,
+                                                     parts, strict=True):
             keep = cand >= 0
             d, cand = d[keep], cand[keep]
             p, p_tests = self._null[int(label)].p_values(tested)
-            score = (1.0 - d) + self.ranking_weight * self._suspicion[cand]
+            score = ((1.0 - d) + self.ranking_weight * self._suspicion[cand]
+                     + self.sharing_weight * self._sharing(part, cand))
             order = np.argsort(-score, kind="stable")
             details = {"p": p, **{f"{name}_p": value for name, value in zip(self.tests, p_tests, strict=True)},
                        **{STATISTIC_KEYS[name]: float(value) for name, value in zip(self.tests, row, strict=True)}}
