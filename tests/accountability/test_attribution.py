@@ -233,6 +233,33 @@ def test_every_method_fits_and_traces_a_tiny_or_one_class_training_set(records: 
     assert not any(a.responsible for a, u in zip(ours.trace(queries), unfounded, strict=True) if u)
 
 
+@pytest.mark.parametrize("sharing", [True, False])
+def test_a_querys_records_are_those_that_share_what_sets_it_apart(sharing: bool) -> None:
+    """A trigger on one class's images, relabelled to the target, and an honest party's mislabelled images of
+    another class, just as suspicious and nearer the triggered query of that other class: the query's records are
+    the trigger's carriers, because they share what sets the query apart from its look-alikes (its trigger).
+    Without that term (the control) the nearer mislabelled records come first."""
+    rng = np.random.default_rng(0)
+    prototypes = rng.random((10, 1, 8, 8), dtype=np.float32) * 0.6
+    trigger = np.zeros((1, 8, 8), np.float32)
+    trigger[0, :3, :3] = 0.4
+
+    def images(label: int, n: int, *, triggered: bool = False) -> np.ndarray:
+        x = prototypes[label] + rng.normal(0, 0.03, (n, 1, 8, 8)) + (trigger if triggered else 0.0)
+        return np.clip(x, 0.0, 1.0).astype(np.float32)
+
+    x = np.concatenate([images(c, 30) for c in range(10)] + [images(1, 5, triggered=True), images(3, 10)])
+    y = np.concatenate([np.repeat(np.arange(10), 30), np.zeros(15, np.int64)])  # poison, then the mislabelled
+    contributors = np.concatenate([rng.integers(0, 3, 300), np.full(5, 3), np.full(10, 4)])
+    ts = TrainingSet.build(build_model("digits-cnn", seed=0).eval(), x, y, contributors)
+    ours = get_method("ours")
+    ours.sharing_weight = ours.sharing_weight if sharing else 0.0
+    ours.fit(ts)
+    answers = ours.trace(QueryBatch.build(ts, images(3, 4, triggered=True), np.zeros(4, np.int64)), k=5)
+    carriers = [int(np.isin(a.positions, np.arange(300, 305)).sum()) for a in answers]
+    assert carriers == ([5] * 4 if sharing else [0] * 4)
+
+
 @settings(max_examples=200, deadline=None)
 @given(total=st.integers(1, 5_000), width=st.integers(1, 4_096), records=st.integers(1, 6_000),
        floats=st.integers(1, 2**22))
