@@ -459,7 +459,8 @@ class Ours(AttributionMethod):
     its own null. A query's evidence is the harmonic mean of its p-values over the tests, and its answer is
     "responsible" when that is smaller than all but an `alpha` share of the null inputs' own: the tests are
     calibrated as one, whatever their correlation. Records: the nearest of the predicted class in the
-    embedding, ranked by similarity plus their pooled conflict; the best-ranked share of the class is the answer's
+    embedding, ranked by similarity plus their pooled conflict plus how much of the query's distinctive part
+    they share (`_sharing`: a trigger's carriers share it); the best-ranked share of the class is the answer's
     support, which contributor naming counts. The dataset-level ranking (`suspicion`) is the pooled input-space
     label conflict.
     """
