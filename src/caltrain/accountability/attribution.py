@@ -325,6 +325,12 @@ def _carries(positions: np.ndarray, labels: np.ndarray, predicted: np.ndarray) -
     return (positions >= 0) & (labels[np.maximum(positions, 0)] == predicted[:, None])
 
 
+def _first_found(positions: np.ndarray, k: int) -> np.ndarray:
+    """Per row, its first `k` positions that are not -1, in order, padded with -1."""
+    order = np.argsort(positions < 0, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(positions, order, axis=1)
+
+
 def _finite_mean(distances: np.ndarray) -> np.ndarray:
     """Row means over the distances a search found (an approximate one pads with inf); 0 for a row with none."""
     found = np.isfinite(distances)
@@ -511,8 +517,12 @@ class Ours(AttributionMethod):
         surprise = np.maximum(label_surprise(look_alikes, ts.y, ts.features.probs),
                               label_surprise(others, ts.y, ts.features.probs))[pool].mean(axis=1)
         self._kept = np.flatnonzero(surprise <= np.quantile(surprise, 1.0 - self.set_aside))
-        # each record's look-alikes of other labels: what sets a record apart is itself minus their mean
-        self._record_alikes = self._pixel_index.search_other_labels(pixels, self.lookalikes, ts.y)[1]
+        # each record's look-alikes of other labels (what sets a record apart is itself minus their mean): the
+        # first of its neighbours above that carry another label, searched anew only where they are too few
+        alikes = _first_found(np.where(ts.y[np.maximum(nearest, 0)] != ts.y[:, None], nearest, -1), self.lookalikes)
+        few = np.flatnonzero((alikes < 0).any(axis=1))
+        alikes[few] = self._pixel_index.search_other_labels(pixels[few], self.lookalikes, ts.y[few])[1]
+        self._record_alikes = alikes
         self._kept_index = FingerprintIndex(ts.features.fingerprints[self._kept], ts.y[self._kept],
                                             approximate=approximate)
         self._fast_model = channels_last(ts.model)  # the per-query forward passes: the hot path
