@@ -182,6 +182,16 @@ class CaltrainKnn(AttributionMethod):
         return [Attribution(p[p >= 0], 1.0 - d[p >= 0]) for d, p in zip(dist, pos, strict=True)]
 
 
+def _first_where(nearest: np.ndarray, keep: np.ndarray, k: int) -> np.ndarray:
+    """Per row, the first `k` positions of `nearest` (-1 for none) where `keep` holds, in order, padded with -1."""
+    keep = keep & (nearest >= 0)
+    order = np.argsort(~keep, axis=1, kind="stable")[:, :k]
+    out = np.full((len(nearest), k), -1, np.int64)
+    out[:, : order.shape[1]] = np.where(np.take_along_axis(keep, order, axis=1),
+                                        np.take_along_axis(nearest, order, axis=1), -1)
+    return out
+
+
 def leave_one_out_neighbours(points: np.ndarray, k: int, *, approximate: bool = False) -> np.ndarray:
     """Each point's k nearest other points (L2; -1 where an approximate search finds fewer)."""
     index = FingerprintIndex(points, np.zeros(len(points), np.int64), metric="l2", approximate=approximate)
@@ -196,12 +206,7 @@ def other_party_neighbours(points: np.ndarray, parties: np.ndarray, nearest: np.
     among the other parties' points. A party (a contributor, or contributors acting as one: `acting_parties`)
     cannot vouch for its own labels: records that share one transformation (a warp, a blend, a device) look like
     each other, and a poisoner's records then look like their poisoned label."""
-    found = nearest >= 0
-    other = found & (parties[np.maximum(nearest, 0)] != parties[:, None])
-    order = np.argsort(~other, axis=1, kind="stable")[:, :k]
-    out = np.full((len(points), k), -1, np.int64)
-    out[:, : order.shape[1]] = np.where(np.take_along_axis(other, order, axis=1),
-                                        np.take_along_axis(nearest, order, axis=1), -1)
+    out = _first_where(nearest, parties[np.maximum(nearest, 0)] != parties[:, None], k)
     short = np.flatnonzero((out < 0).any(axis=1))
     for who in np.unique(parties[short]):
         rows, rest = short[parties[short] == who], np.flatnonzero(parties != who)
@@ -323,12 +328,6 @@ def _moved_support(near_d: np.ndarray, near: np.ndarray, away_d: np.ndarray, awa
 def _carries(positions: np.ndarray, labels: np.ndarray, predicted: np.ndarray) -> np.ndarray:
     """Per input, which of its found records (`positions`, -1 for none) carry its predicted label."""
     return (positions >= 0) & (labels[np.maximum(positions, 0)] == predicted[:, None])
-
-
-def _first_found(positions: np.ndarray, k: int) -> np.ndarray:
-    """Per row, its first `k` positions that are not -1, in order, padded with -1."""
-    order = np.argsort(positions < 0, axis=1, kind="stable")[:, :k]
-    return np.take_along_axis(positions, order, axis=1)
 
 
 def _finite_mean(distances: np.ndarray) -> np.ndarray:
@@ -519,7 +518,7 @@ class Ours(AttributionMethod):
         self._kept = np.flatnonzero(surprise <= np.quantile(surprise, 1.0 - self.set_aside))
         # each record's look-alikes of other labels (what sets a record apart is itself minus their mean): the
         # first of its neighbours above that carry another label, searched anew only where they are too few
-        alikes = _first_found(np.where(ts.y[np.maximum(nearest, 0)] != ts.y[:, None], nearest, -1), self.lookalikes)
+        alikes = _first_where(nearest, ts.y[np.maximum(nearest, 0)] != ts.y[:, None], self.lookalikes)
         few = np.flatnonzero((alikes < 0).any(axis=1))
         alikes[few] = self._pixel_index.search_other_labels(pixels[few], self.lookalikes, ts.y[few])[1]
         self._record_alikes = alikes

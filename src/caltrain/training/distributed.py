@@ -161,8 +161,7 @@ class ShardTrainer(PartitionedTrainer):
 
     def batch_records(self, step: int) -> int:
         """How many records global step `step` holds (the last batch of an epoch may be short)."""
-        spe = steps_per_epoch(self.total_records, self.config.batch_size)
-        return min(self.config.batch_size, self.total_records - (step % spe) * self.config.batch_size)
+        return min(self.config.batch_size, self.total_records - (step % self._steps_per_epoch) * self.config.batch_size)
 
     def owned(self, step: int) -> range:
         return range(self.rank, math.ceil(self.batch_records(step) / self.micro_batch), self.world)
