@@ -191,6 +191,9 @@ def test_forged_shards_answers_and_plans_are_refused(deployment: Deployment, hon
                     deployment.people.owner, leader.keys)
     with pytest.raises(AuthError):  # only a sealed TraceQuery of an auditor fans out: here, the owner's
         leader.call(FanOutTrace(ciphertext=seal_request(msg, leader.keys).ciphertext), TracePlan)
+    outside, _ = deployment.sealed_trace(job_id, np.full((1, 1, 8, 8), 3.4e38, np.float32))
+    with pytest.raises(Exception, match="outside the schema"):  # overflowing features: answers resting on nothing
+        leader.call(FanOutTrace(ciphertext=outside), TracePlan)
     plan = leader.call(FanOutTrace(ciphertext=ciphertext), TracePlan)
     assert plan.job_id == job_id
     with pytest.raises(Exception, match="trace plan"):
