@@ -17,7 +17,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from caltrain.accountability.errors import ShardInvalid
+from caltrain.accountability.errors import QueryRejected, ShardInvalid
 from caltrain.attestation.errors import BadEvidenceSignature, KeyNotBound, MeasurementMismatch, NonceReused
 from caltrain.enclave.authority import UNSIGNED, seal_request
 from caltrain.enclave.consortium import Consortium
@@ -192,7 +192,7 @@ def test_forged_shards_answers_and_plans_are_refused(deployment: Deployment, hon
     with pytest.raises(AuthError):  # only a sealed TraceQuery of an auditor fans out: here, the owner's
         leader.call(FanOutTrace(ciphertext=seal_request(msg, leader.keys).ciphertext), TracePlan)
     outside, _ = deployment.sealed_trace(job_id, np.full((1, 1, 8, 8), 3.4e38, np.float32))
-    with pytest.raises(Exception, match="outside the schema"):  # overflowing features: answers resting on nothing
+    with pytest.raises(QueryRejected, match="outside the schema"):  # overflowing features: answers resting on nothing
         leader.call(FanOutTrace(ciphertext=outside), TracePlan)
     plan = leader.call(FanOutTrace(ciphertext=ciphertext), TracePlan)
     assert plan.job_id == job_id
